@@ -1,0 +1,1 @@
+"""Model families behind one protocol (:class:`rtdmd.backbones.base.Backbone`)."""

@@ -1,0 +1,81 @@
+"""The flow-model protocol: what a trainer needs from a model family, and nothing more.
+
+A backbone holds three roles of one flow model (spec section 6):
+
+- ``"teacher"``: frozen, sampled with its classifier-free guidance (or guidance input);
+- ``"generator"``: the few-step student, trained;
+- ``"fake"``: the fake score that tracks the generator's distribution, trained.
+
+Diffusers backbones implement the roles as LoRA adapters on one frozen base (teacher = adapters disabled);
+the analytic world implements them as an exact velocity and two small MLPs. Trainers never look at a model's
+name: they call the methods below.
+
+Conditioning is a ``dict[str, Tensor]`` of batch-first tensors, opaque to trainers (``select`` /
+``repeat_cond`` index it). Each backbone keeps what CFG needs (for example the empty prompt's embeddings)
+internally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+Cond = dict[str, Tensor]
+ROLES = ("teacher", "generator", "fake")
+TRAINED_ROLES = ("generator", "fake")
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    device: torch.device
+    sample_shape: tuple[int, ...]
+    """Shape of one sample ``x`` (latents or vectors) without the batch dimension."""
+
+    def encode(self, prompts: Sequence[str]) -> Cond:
+        """Conditioning for a batch of prompts (cached where possible)."""
+
+    def velocity(self, role: str, x: Tensor, sigma: Tensor, cond: Cond, guidance: float | None = None) -> Tensor:
+        """Velocity ``v ~ eps - x0`` of ``role`` at ``(x, sigma)``; ``sigma`` has shape ``(B,)``.
+
+        ``guidance=None`` uses the role's default: the teacher's configured CFG scale (or guidance input),
+        1 (no CFG) for the generator and the fake score. The output has the dtype of ``x``."""
+
+    def decode(self, x: Tensor) -> Tensor:
+        """What rewards see: images in [0, 1] of shape ``(B, 3, H, W)``, or the vectors themselves."""
+
+    def generator_sigmas(self, step_list: Sequence[int]) -> Tensor:
+        """The generator's levels for ``step_list`` (e.g. [1000, 750, 500, 250]) through the family's shift,
+        ending in 0 (spec section 2)."""
+
+    def teacher_sigmas(self, num_steps: int) -> Tensor:
+        """The levels the family's own pipeline uses for ``num_steps`` teacher steps, ending in 0."""
+
+    def trainable(self, role: str) -> dict[str, nn.Parameter]:
+        """Named trainable tensors of ``"generator"`` or ``"fake"`` (fp32, ``requires_grad=True``)."""
+
+    def init_students(self) -> None:
+        """Bring generator and fake score to their stage-1 starting point (the teacher's function). A no-op
+        for LoRA roles (B = 0); the analytic world regresses its MLPs onto the teacher's velocity."""
+
+    def start_stage2(self) -> None:
+        """Freeze the current generator and fake score (the stage-1 result) into the model and start fresh
+        trainable tensors that leave both functions unchanged (spec section 5: merge, new adapters)."""
+
+
+def select(cond: Cond, index: Tensor | slice | Sequence[int]) -> Cond:
+    """Rows ``index`` of every conditioning tensor."""
+    if isinstance(index, Sequence) and not isinstance(index, Tensor):
+        index = torch.as_tensor(list(index), dtype=torch.long)
+    return {k: v[index.to(v.device) if isinstance(index, Tensor) else index] for k, v in cond.items()}
+
+
+def repeat_cond(cond: Cond, times: int) -> Cond:
+    """Each row repeated ``times`` times consecutively (a group of ``times`` samples per prompt)."""
+    return {k: v.repeat_interleave(times, dim=0) for k, v in cond.items()}
+
+
+def concat_cond(conds: Sequence[Cond]) -> Cond:
+    return {k: torch.cat([c[k] for c in conds]) for k in conds[0]}

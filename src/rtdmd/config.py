@@ -1,0 +1,368 @@
+"""Typed, validated configuration of a run: one YAML file holds both stages.
+
+    world:    what to generate: prompts, the teacher's target distribution, evaluation  (kind: gmm, ...)
+    backbone: the flow models: teacher, generator and fake score                        (kind: mlp, sd3, ...)
+    reward / rewards: one reward, or a weighted list                                      (kind: linear, ...)
+    preset:   paper | exact   (defaults of the loss weighting, spec section 1)
+    beta:     tilt temperature of p~ ~ p_T exp(r / beta) (used by the exact weighting)
+    distill:  stage 1, AC-DMD                 align: stage 2, RTDMD              run: seed, device, logging
+
+Load with :func:`load_config` (YAML file + ``key=value`` overrides). Unknown keys are rejected with the closest
+valid key; ``preset`` supplies defaults for the keys the user did not set (so ``--set preset=exact`` works).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from rtdmd import configtools
+from rtdmd.configtools import Kinded, check
+from rtdmd.errors import ConfigError
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The published recipe: three loss weights on z-scored advantages (no fixed beta corresponds to it).
+    "paper": {
+        "align.log_prob": "simplified",
+        "align.advantages": "paper",
+        "align.dm_loss": "dmd",
+        "align.dm_weight": 1e-3,
+        "align.bp_loss": "hinge",
+        "align.bp_weight": 1e-4,
+        "align.subset_correction": False,
+        "align.dm_sigma_range": [0.02, 0.98],
+        "align.fake_weighting": "min1_10s2",
+        "align.dm_backprop": "last_step",
+    },
+    # One explicit beta: raw rewards / beta, exact Gaussian log-probs, unbiased estimators and an unnormalised
+    # data-level DM term at small sigma, so that the fixed point is p~ (spec section 1).
+    "exact": {
+        "align.log_prob": "gaussian",
+        "align.advantages": "exact",
+        "align.dm_loss": "score",
+        "align.dm_weight": 1.0,
+        "align.bp_loss": "linear",
+        "align.bp_weight": 1.0,
+        "align.subset_correction": True,
+        "align.dm_sigma_range": [0.02, 0.1],
+        "align.fake_weighting": "uniform",
+        "align.dm_backprop": "full",
+    },
+}
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW and gradient clipping of one trained role."""
+
+    lr: float = 3e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+
+    def __post_init__(self):
+        check(self.lr > 0, f"lr must be positive, got {self.lr}")
+        check(all(0 <= b < 1 for b in self.betas), f"betas must lie in [0, 1), got {list(self.betas)}")
+        check(self.weight_decay >= 0 and self.grad_clip >= 0, "weight_decay and grad_clip must be >= 0")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Stage 1, AC-DMD (spec section 4)."""
+
+    iterations: int = 15000
+    batch_size: int = 72  # global samples per iteration (all ranks together)
+    method: Literal["acdmd", "dmd"] = "acdmd"  # dmd: plain DMD, full rollout to sigma = 0, no random stop
+    eta: float = 0.9
+    step_list: tuple[int, ...] = (1000, 750, 500, 250)
+    fake_update_ratio: int = 10  # TTUR: generator update every N fake updates
+    fake_weighting: Literal["min1_10s2", "uniform"] = "min1_10s2"
+    consistency_gamma: float | None = None  # default 0.01 for acdmd, 0 (off) for dmd
+    consistency_estimator: Literal["two_sample", "one_sample"] = "two_sample"
+    consistency_delta_max: int = 200
+    renoise_offset: float = 10.0  # tau ~ U[1000 s + offset, 1000)
+    tau_clamp: tuple[float, float] = (20.0, 980.0)
+    generator: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-5))
+    fake: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-5))
+    ema_decay: float = 0.99  # per generator optimiser step
+    checkpoint_every: int = 1000
+    log_every: int = 10
+
+    def __post_init__(self):
+        if self.consistency_gamma is None:
+            object.__setattr__(self, "consistency_gamma", 0.01 if self.method == "acdmd" else 0.0)
+        check(self.iterations >= 1, "iterations must be >= 1")
+        check(self.batch_size >= 1, "batch_size must be >= 1")
+        check(0 <= self.eta <= 1, f"eta must lie in [0, 1], got {self.eta}")
+        check(len(self.step_list) >= 1 and all(0 < s <= 1000 for s in self.step_list)
+              and list(self.step_list) == sorted(self.step_list, reverse=True) and len(set(self.step_list)) == len(self.step_list),
+              f"step_list must be strictly decreasing values in (0, 1000], got {list(self.step_list)}")
+        check(self.fake_update_ratio >= 1, "fake_update_ratio must be >= 1")
+        check(self.consistency_gamma >= 0, "consistency_gamma must be >= 0")
+        check(1 <= self.consistency_delta_max <= 1000, "consistency_delta_max must lie in [1, 1000]")
+        check(0 <= self.tau_clamp[0] < self.tau_clamp[1] <= 1000, "tau_clamp must be [lo, hi] within [0, 1000]")
+        check(0 <= self.ema_decay < 1, "ema_decay must lie in [0, 1)")
+        check(self.checkpoint_every >= 0 and self.log_every >= 1, "checkpoint_every >= 0 and log_every >= 1")
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """Stage 2, RTDMD: distribution matching + SubGRPO + final-step reward back-propagation (spec section 5).
+
+    Fields left at None take their value from the preset (``paper`` or ``exact``)."""
+
+    iterations: int = 1000
+    prompts_per_iteration: int = 3  # groups per iteration (global)
+    group_size: int = 24  # K images per prompt
+    micro_batch: int = 0  # samples per backward pass of the generator update (0: the whole local batch)
+    eta: float = 0.9
+    step_list: tuple[int, ...] = (1000, 750, 500, 250)
+    subset_size: int = 2  # SubGRPO: stochastic steps trained per iteration (= all of them: plain GRPO)
+    policy: bool = True  # the SubGRPO term
+    bp: bool = True  # reward back-propagation through the deterministic last step
+    dm: bool = True  # the distribution-matching term (off: reward only)
+    log_prob: Literal["simplified", "gaussian"] | None = None
+    advantages: Literal["paper", "exact"] | None = None
+    advantage_clip: float = 5.0
+    ppo_clip: float = 1e-5
+    subset_correction: bool | None = None  # scale the policy term by (#stochastic / subset_size): unbiased
+    policy_weight: float = 1.0
+    dm_loss: Literal["dmd", "score"] | None = None  # normalised DMD at s = 0, or unnormalised score difference
+    dm_weight: float | None = None
+    dm_sigma_range: tuple[float, float] | None = None  # renoising levels of the DM term (and fake training)
+    dm_backprop: Literal["last_step", "full"] | None = None  # DM gradient through the last step or all steps
+    bp_loss: Literal["hinge", "linear"] | None = None  # hinge: max(0, margin - r); linear: -r / beta
+    bp_weight: float | None = None
+    bp_margin: float = 3.0
+    fake_update_ratio: int = 1  # fake updates per generator update
+    fake_weighting: Literal["min1_10s2", "uniform"] | None = None
+    fake_consistency_gamma: float = 0.01
+    generator: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-6, weight_decay=1e-4))
+    fake: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-5))
+    ema_decay: float = 0.9
+    ema_every: int = 8  # optimiser steps between EMA updates
+    checkpoint_every: int = 100
+    log_every: int = 1
+
+    def __post_init__(self):
+        check(self.iterations >= 1, "iterations must be >= 1")
+        check(self.prompts_per_iteration >= 1, "prompts_per_iteration must be >= 1")
+        check(self.group_size >= 2, f"group_size must be >= 2 (a group baseline needs 2 samples), got {self.group_size}")
+        check(self.micro_batch >= 0, "micro_batch must be >= 0")
+        check(0 < self.eta <= 1, f"eta must lie in (0, 1] (stage 2 needs stochastic steps), got {self.eta}")
+        check(len(self.step_list) >= 2 and list(self.step_list) == sorted(self.step_list, reverse=True),
+              "step_list must be decreasing with at least 2 steps")
+        n_stochastic = len(self.step_list) - 1
+        check(1 <= self.subset_size <= n_stochastic,
+              f"subset_size must lie in [1, {n_stochastic}] (the stochastic steps), got {self.subset_size}")
+        check(self.policy or self.bp or self.dm, "at least one of policy, bp, dm must be on")
+        check(self.ppo_clip > 0 and self.advantage_clip > 0, "ppo_clip and advantage_clip must be positive")
+        if self.dm_sigma_range is not None:
+            lo, hi = self.dm_sigma_range
+            check(0 < lo < hi < 1, f"dm_sigma_range must satisfy 0 < lo < hi < 1, got {[lo, hi]}")
+        check(self.fake_update_ratio >= 1, "fake_update_ratio must be >= 1")
+        check(0 <= self.ema_decay < 1 and self.ema_every >= 1, "ema_decay in [0, 1) and ema_every >= 1")
+        check(self.checkpoint_every >= 0 and self.log_every >= 1, "checkpoint_every >= 0 and log_every >= 1")
+
+    @property
+    def samples_per_iteration(self) -> int:
+        return self.prompts_per_iteration * self.group_size
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything about where and how a run executes (not what it learns)."""
+
+    seed: int = 0
+    device: str = "auto"  # auto: cuda if available, else cpu; or any torch device string
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # model (frozen) dtype; trainable tensors stay fp32
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # strategy when launched with several processes
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "rtdmd"
+    progress: bool = True
+    eval_samples: int = 2000  # samples per prompt for evaluation metrics (vector worlds)
+
+
+@dataclass(frozen=True)
+class RewardEntry:
+    """One weighted reward; its kind-specific keys are checked by the kind's own config class."""
+
+    kind: str
+    weight: float = 1.0
+    bp_scale: float = 1.0  # factor on this reward in the back-propagation path (PickScore: 1/26 in the recipe)
+    name: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    world: Kinded["world"]  # noqa: F821
+    backbone: Kinded["backbone"]  # noqa: F821
+    rewards: tuple[RewardEntry, ...]
+    preset: Literal["paper", "exact"] = "paper"
+    beta: float = 1.0
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        check(self.beta > 0, f"beta must be positive, got {self.beta}")
+        names = [r.name for r in self.rewards]
+        check(len(set(names)) == len(names), f"reward names must be unique, got {names}")
+
+    def fingerprint(self, *sections: str) -> str:
+        """Hash of the named sections: a checkpoint is only compatible with the same world and backbone."""
+        payload = {s: configtools.to_dict(getattr(self, s)) for s in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+
+def _resolver(section: str, kind: str) -> type:
+    from rtdmd import registry
+
+    return registry.config_class(section, kind)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        if isinstance(node, list):
+            node = node[int(part)]
+            continue
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, (dict, list)):
+            raise ConfigError(f"cannot set '{dotted}': '{part}' is not a section")
+        node = nxt
+    if isinstance(node, list):
+        node[int(parts[-1])] = value
+    else:
+        node[parts[-1]] = value
+
+
+def _has_dotted(tree: dict, dotted: str) -> bool:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node or node[part] is None:
+            return False
+        node = node[part]
+    return True
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"distill.iterations=300"`` -> ``("distill.iterations", 300)``; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key=value (e.g. distill.iterations=300)")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{item}' has no key")
+    try:
+        return key, yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return key, raw
+
+
+def _normalise_rewards(raw: dict) -> None:
+    if "reward" in raw and "rewards" in raw:
+        raise ConfigError("give either 'reward' (one) or 'rewards' (a weighted list), not both")
+    if "reward" in raw:
+        raw["rewards"] = [raw.pop("reward")]
+    entries = raw.get("rewards")
+    if entries is None:
+        raise ConfigError("missing config key 'reward' (e.g. reward: {kind: linear, w: [0, 1]})")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("'rewards' must be a non-empty list of {kind: ..., weight: ...}")
+    from rtdmd import registry
+
+    common = {f.name for f in dataclasses.fields(RewardEntry)} - {"params"}
+    normalised = []
+    for i, entry in enumerate(entries):
+        path = f"rewards[{i}]"
+        if not isinstance(entry, dict) or "kind" not in entry:
+            raise ConfigError(f"{path}: needs a 'kind' key (e.g. kind: linear)")
+        specific = {k: v for k, v in entry.items() if k not in common or k == "kind"}
+        params_cls = registry.config_class("reward", entry["kind"])
+        params = configtools.build(params_cls, specific, path, _resolver)
+        normalised.append({**{k: v for k, v in entry.items() if k in common},
+                           "name": entry.get("name") or entry["kind"], "params": params})
+    raw["rewards"] = normalised
+
+
+def resolve(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a :class:`Config` from a raw dict plus ``key=value`` overrides, applying the preset's defaults."""
+    raw = copy.deepcopy(raw) if raw else {}
+    for item in overrides:
+        key, value = parse_override(item)
+        if key == "reward" or key.startswith("reward."):
+            key = "rewards.0" + key[len("reward"):]
+            if "reward" in raw:
+                raw["rewards"] = [raw.pop("reward")]
+        _set_dotted(raw, key, value)
+    preset = raw.get("preset", "paper")
+    if preset not in PRESETS:
+        raise ConfigError(f"preset: {preset!r} is not allowed{configtools.suggest(str(preset), PRESETS)}")
+    for key, value in PRESETS[preset].items():
+        if not _has_dotted(raw, key):
+            _set_dotted(raw, key, copy.deepcopy(value))
+    _normalise_rewards(raw)
+    # RewardEntry.params is already a built dataclass: keep it out of generic coercion.
+    rewards = raw.pop("rewards")
+    config = configtools.build(Config, {**raw, "rewards": []}, "", _resolver)
+    entries = []
+    for entry in rewards:
+        params = entry.pop("params")
+        built = configtools.build(RewardEntry, entry, f"rewards[{len(entries)}]", _resolver)
+        entries.append(dataclasses.replace(built, params=params))
+    return dataclasses.replace(config, rewards=tuple(entries))
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (a path, or the name of a shipped config such as ``gmm/default``)."""
+    file = find_config(path)
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {file} is not valid UTF-8") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {file}{where} is not valid YAML: {getattr(err, 'problem', err)}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"config file {file} must hold a mapping of sections (world, backbone, reward, ...)")
+    return resolve(raw or {}, overrides)
+
+
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def find_config(path: str | Path) -> Path:
+    file = Path(path)
+    if file.is_file():
+        return file
+    for candidate in (SHIPPED_CONFIGS / f"{path}.yaml", SHIPPED_CONFIGS / str(path)):
+        if candidate.is_file():
+            return candidate
+    shipped = sorted(str(p.relative_to(SHIPPED_CONFIGS).with_suffix("")) for p in SHIPPED_CONFIGS.rglob("*.yaml"))
+    raise ConfigError(f"config '{path}' not found: give a YAML file path or a shipped config ({', '.join(shipped)})")
+
+
+def dump_config(config: Config) -> str:
+    """YAML text of the resolved config; :func:`resolve` of its parse gives the same config back."""
+    data = configtools.to_dict(config)
+    data["rewards"] = [{**{k: v for k, v in r.items() if k != "params"}, **{
+        k: v for k, v in r["params"].items()}} for r in data["rewards"]]
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,100 @@
+"""Distribution-matching losses: the (sub-interval) DMD generator gradient, the fake-score regression and the
+two-sample consistency regulariser of AC-DMD (spec sections 1, 4.4-4.6).
+
+Every loss returns a per-sample tensor ``(B,)``; the training loop reduces it (mean over the batch).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rtdmd.functional.flow import expand_like, level
+from rtdmd.functional.samplers import cps_angles, cps_step
+
+
+def kappa(s: Tensor | float, t: Tensor | float, eta: float) -> Tensor:
+    """``kappa(s, t) = s * cos(theta) * (1 - t) - (1 - s) * t``: with one shared noise, the projections of
+    two velocities from ``t`` back to ``s`` differ by ``kappa * (v_1 - v_2)`` (spec 4.6). ``kappa = -t`` at
+    ``s = 0``."""
+    cos_t, _ = cps_angles(eta)
+    s, t = level(s), level(t)
+    return s * cos_t * (1 - t) - (1 - s) * t
+
+
+def dmd_gradient(x_s: Tensor, x_t: Tensor, v_teacher: Tensor, v_fake: Tensor, s: Tensor | float,
+                 t: Tensor | float, eta: float, z: Tensor | None) -> Tensor:
+    """Normalised sub-interval DMD gradient ``g`` with respect to the level-``s`` sample ``x_s`` (spec 4.6).
+
+    Teacher and fake velocities at ``(x_t, t)`` are projected back to ``s`` with one shared noise ``z``;
+    ``g = (x^F - x^T) / mean_{CHW} |x_s - x^T|``, with non-finite entries set to 0. At ``s = 0`` this is
+    DMD2's ``(x0_fake - x0_real) / mean|x - x0_real|``. Zero when the fake equals the teacher.
+
+    Shape: ``x_s, x_t, v_*, z: (B, ...)``; ``s, t``: scalars or ``(B,)``. Returns ``(B, ...)`` in float32.
+    """
+    with torch.no_grad():
+        x_real = cps_step(x_t.float(), v_teacher.float(), t, s, eta, z if z is None else z.float())
+        x_fake = cps_step(x_t.float(), v_fake.float(), t, s, eta, z if z is None else z.float())
+        scale = (x_s.detach().float() - x_real).abs().flatten(1).mean(1)
+        g = (x_fake - x_real) / expand_like(scale, x_real)
+        return torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def dmd_loss(x_s: Tensor, g: Tensor) -> Tensor:
+    """``1/2 * mean_{CHW} (x_s - sg(x_s - g))^2`` per sample: its gradient in ``x_s`` is ``g / numel``."""
+    target = (x_s.float() - g).detach()
+    return 0.5 * ((x_s.float() - target) ** 2).flatten(1).mean(1)
+
+
+def score_difference_gradient(v_fake: Tensor, v_teacher: Tensor, t: Tensor | float) -> Tensor:
+    """Gradient of ``KL(p_theta,t || p_T,t)`` with respect to a clean sample ``x`` whose diffused version is
+    ``x_t = (1 - t) * x + t * n``: ``(1 - t) * (s_F - s_T) = -(1 - t)^2 / t * (v_F - v_T)``.
+
+    This is the unnormalised data-level DM gradient of the ``exact`` weighting (spec section 1): at small
+    ``t`` it tends to ``grad log p_theta - grad log p_T``, on the same scale as ``grad r / beta``.
+    Shape: ``(B, ...)``; ``t``: scalar or ``(B,)``.
+    """
+    t = expand_like(t, v_fake)
+    return (-(1 - t) ** 2 / t * (v_fake.float() - v_teacher.float())).detach()
+
+
+def surrogate_loss(x: Tensor, g: Tensor) -> Tensor:
+    """``sum_{CHW} sg(g) * x`` per sample: back-propagates ``g`` into ``x`` unscaled (``d/dx = g``)."""
+    return (g.detach() * x.float()).flatten(1).sum(1)
+
+
+def fake_score_weight(sigma_ts: Tensor, kind: str = "min1_10s2") -> Tensor:
+    """Per-sample weight of the fake-score regression: the published ``min(1, 10 * sigma_ts^2)``, or
+    ``uniform`` (1 everywhere), which does not discount low noise."""
+    if kind == "min1_10s2":
+        return (10 * sigma_ts.float() ** 2).clamp(max=1.0)
+    if kind == "uniform":
+        return torch.ones_like(sigma_ts, dtype=torch.float32)
+    raise ValueError(f"unknown fake-score weighting {kind!r}; use 'min1_10s2' or 'uniform'")
+
+
+def fake_score_loss(v_pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """``w_b * mean_{CHW} (F(x_t, t) - T)^2`` per sample (spec 4.4)."""
+    return weight * ((v_pred.float() - target.float()) ** 2).flatten(1).mean(1)
+
+
+def consistency_loss(h: Tensor, h1: Tensor, h2: Tensor | None = None) -> Tensor:
+    """Consistency regulariser of AC-DMD (spec 4.5), per sample.
+
+    Two-sample (unbiased): ``mean_{CHW} (h'_1 - h) * (h'_2 - h)``, whose expectation is
+    ``||E[h' | x_t] - h||^2`` (the value of one batch can be negative). With ``h2=None`` the one-sample
+    ``mean_{CHW} (h'_1 - h)^2``, biased upward by ``Var h'``.
+    """
+    d1 = (h1.float() - h.float()).flatten(1)
+    d2 = d1 if h2 is None else (h2.float() - h.float()).flatten(1)
+    return (d1 * d2).mean(1)
+
+
+def sample_renoise_level(u: Tensor, s: Tensor | float, offset: float = 10.0, lo: float = 20.0,
+                         hi: float = 980.0, top: float = 1000.0) -> Tensor:
+    """Renoising level ``t = tau / 1000`` with ``tau ~ U[1000 s + offset, top)`` clamped to ``[lo, hi]``
+    (spec 4.2); ``u ~ U[0, 1)`` is the caller's uniform draw of shape ``(B,)``."""
+    start = 1000.0 * level(s, u.device) + offset
+    tau = start + (top - start) * u.float()
+    return tau.clamp(lo, hi) / 1000.0
+

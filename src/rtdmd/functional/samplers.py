@@ -1,0 +1,94 @@
+"""The CPS transition, rollouts and per-step log-probabilities (spec sections 3 and 5.1-5.2).
+
+``Phi_eta(x, v; a -> b; z) = (1 - b) * x0_hat + b * cos(theta) * eps_hat + b * sin(theta) * z`` with
+``theta = eta * pi / 2``: mean ``mu = (1 - b) * x0_hat + b * cos(theta) * eps_hat``, isotropic std
+``rho = b * sin(theta)``. ``eta = 0`` is the deterministic (Euler / DDIM-like) step; ``b = 0`` returns ``x0_hat``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from rtdmd.functional.flow import eps_from_velocity, expand_like, level, x0_from_velocity
+
+VelocityFn = Callable[[Tensor, Tensor], Tensor]
+"""``velocity(x, sigma) -> v`` with ``sigma`` of shape ``(B,)``; conditioning is bound by the caller."""
+NoiseFn = Callable[[int], Tensor]
+"""``noise(step_index) -> z`` shaped like ``x``: the injected noise of that step."""
+
+
+def cps_angles(eta: float) -> tuple[float, float]:
+    """``(cos theta, sin theta)`` for ``theta = eta * pi / 2``; exact at eta = 0 and 1."""
+    if eta == 0:
+        return 1.0, 0.0
+    if eta == 1:
+        return 0.0, 1.0
+    theta = eta * math.pi / 2
+    return math.cos(theta), math.sin(theta)
+
+
+def cps_mean_std(x: Tensor, v: Tensor, sigma: Tensor | float, sigma_next: Tensor | float,
+                 eta: float) -> tuple[Tensor, Tensor]:
+    """Mean ``mu`` and std ``rho`` of the CPS transition from level ``sigma`` to ``sigma_next``.
+
+    Shape: ``x, v: (B, ...)``; levels scalars or ``(B,)``. Returns ``mu`` like ``x`` and ``rho`` as a float32
+    tensor broadcastable against ``x``.
+    """
+    cos_t, sin_t = cps_angles(eta)
+    b = expand_like(sigma_next, x)
+    mean = (1 - b) * x0_from_velocity(x, sigma, v) + b * cos_t * eps_from_velocity(x, sigma, v)
+    return mean.to(x.dtype), b * sin_t
+
+
+def cps_step(x: Tensor, v: Tensor, sigma: Tensor | float, sigma_next: Tensor | float, eta: float,
+             noise: Tensor | None) -> Tensor:
+    """One coefficient-preserving step ``Phi_eta(x, v; sigma -> sigma_next; noise)`` (spec section 3).
+
+    ``noise`` may be None only when the step is deterministic (``eta = 0`` or ``sigma_next = 0``).
+    """
+    mean, std = cps_mean_std(x, v, sigma, sigma_next, eta)
+    if noise is None:
+        if bool((std != 0).any()):
+            raise ValueError("a stochastic CPS step (eta > 0, sigma_next > 0) needs noise")
+        return mean
+    return (mean + std * noise).to(x.dtype)
+
+
+def euler_step(x: Tensor, v: Tensor, sigma: Tensor | float, sigma_next: Tensor | float) -> Tensor:
+    """The ODE's Euler step ``x + (sigma_next - sigma) * v``."""
+    return (x + (expand_like(sigma_next, x) - expand_like(sigma, x)) * v).to(x.dtype)
+
+
+def sample_cps(velocity: VelocityFn, x: Tensor, sigmas: Tensor, eta: float,
+               noise: NoiseFn | None = None, *, stop: int | None = None) -> Tensor:
+    """Roll out CPS steps from ``sigmas[0]`` (``x`` is at that level) down the schedule.
+
+    ``stop`` = number of steps to take (default: all, ending at ``sigmas[-1]``). With ``eta = 0`` this is the
+    Euler ODE sampler of diffusers' flow-match scheduler.
+    """
+    steps = len(sigmas) - 1 if stop is None else stop
+    batch = x.shape[0]
+    for i in range(steps):
+        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+        v = velocity(x, torch.full((batch,), sigma, device=x.device))
+        z = noise(i) if (noise is not None and eta > 0 and sigma_next > 0) else None
+        x = cps_step(x, v, sigma, sigma_next, eta, z)
+    return x
+
+
+def gaussian_log_prob(x_next: Tensor, mean: Tensor, std: Tensor | float) -> Tensor:
+    """Exact ``log N(x_next; mean, std^2 I)`` summed over all but the batch dim. Shape: ``(B, ...) -> (B,)``."""
+    std = level(std, x_next.device).flatten()  # (1,) or (B,)
+    diff = (x_next.float() - mean.float()).flatten(1)
+    dim = diff.shape[1]
+    return -0.5 * (diff**2).sum(1) / std**2 - dim * torch.log(std) - 0.5 * dim * math.log(2 * math.pi)
+
+
+def simplified_log_prob(x_next: Tensor, mean: Tensor) -> Tensor:
+    """Flow-GRPO's simplified log-probability ``-mean_d (x_next - mean)^2``; its gradient in ``mean`` is the
+    exact one times ``2 * rho^2 / D`` (spec 5.2). Shape: ``(B, ...) -> (B,)``."""
+    return -((x_next.float() - mean.float()) ** 2).flatten(1).mean(1)

@@ -1,0 +1,41 @@
+"""The one place that maps a config ``kind`` to code. Each entry names a module, its config class and its
+builder; modules are imported only when their kind is used, so ``import rtdmd`` stays light."""
+
+from __future__ import annotations
+
+import importlib
+
+from rtdmd.configtools import suggest
+from rtdmd.errors import ConfigError
+
+# section -> kind -> (module, config class, builder)
+KINDS: dict[str, dict[str, tuple[str, str, str]]] = {
+    "world": {
+        "gmm": ("rtdmd.worlds.gmm", "GMMWorldConfig", "build"),
+    },
+    "backbone": {
+        "mlp": ("rtdmd.backbones.mlp", "MLPBackboneConfig", "build"),
+    },
+    "reward": {
+        "linear": ("rtdmd.rewards.analytic", "LinearConfig", "build_linear"),
+        "quadratic": ("rtdmd.rewards.analytic", "QuadraticConfig", "build_quadratic"),
+        "region": ("rtdmd.rewards.analytic", "RegionConfig", "build_region"),
+    },
+}
+
+
+def _entry(section: str, kind: str) -> tuple[str, str, str]:
+    kinds = KINDS[section]
+    if kind not in kinds:
+        raise ConfigError(f"{section}.kind: unknown kind {kind!r}{suggest(str(kind), kinds)}")
+    return kinds[kind]
+
+
+def config_class(section: str, kind: str) -> type:
+    module, cls, _ = _entry(section, kind)
+    return getattr(importlib.import_module(module), cls)
+
+
+def builder(section: str, kind: str):
+    module, _, fn = _entry(section, kind)
+    return getattr(importlib.import_module(module), fn)

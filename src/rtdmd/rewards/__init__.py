@@ -1,0 +1,1 @@
+"""Rewards behind one protocol (:class:`rtdmd.rewards.base.Reward`)."""

@@ -43,6 +43,11 @@ class Backbone(Protocol):
         ``guidance=None`` uses the role's default: the teacher's configured CFG scale (or guidance input),
         1 (no CFG) for the generator and the fake score. The output has the dtype of ``x``."""
 
+    def noise(self, generators: Sequence[torch.Generator]) -> Tensor:
+        """Initial noise ``(len(generators), *sample_shape)`` on ``device``, one sample per CPU generator, drawn
+        exactly as the family's diffusers pipeline draws its latents from a list of generators (so that a
+        seed gives the same image in ``rtdmd generate`` and in a stock pipeline)."""
+
     def decode(self, x: Tensor) -> Tensor:
         """What rewards see: images in [0, 1] of shape ``(B, 3, H, W)``, or the vectors themselves."""
 

@@ -1,0 +1,34 @@
+"""Sampling with a backbone's roles: the few-step CPS generator and the teacher's ODE (pure rollouts; the
+callers decide about saving)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from rtdmd.backbones.base import Backbone, Cond
+from rtdmd.functional.samplers import sample_cps
+
+
+@torch.no_grad()
+def sample(backbone: Backbone, role: str, cond: Cond, sigmas: Tensor, eta: float,
+           generators: Sequence[torch.Generator], guidance: float | None = None) -> Tensor:
+    """Roll ``role`` down ``sigmas`` from fresh noise; sample ``j`` draws all its randomness from
+    ``generators[j]`` (initial noise first, then one draw per stochastic step), as a diffusers pipeline with a
+    list of generators and the CPS scheduler does. Returns the final ``x`` (not decoded)."""
+    x = backbone.noise(generators)
+
+    def velocity(x: Tensor, sigma: Tensor) -> Tensor:
+        return backbone.velocity(role, x, sigma, cond, guidance)
+
+    def step_noise(_: int) -> Tensor:
+        rows = [torch.randn(x.shape[1:], generator=g) for g in generators]
+        return torch.stack(rows).to(device=x.device, dtype=x.dtype)
+
+    return sample_cps(velocity, x, sigmas.to(x.device), eta, step_noise)
+
+
+def seeded_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]

@@ -13,6 +13,7 @@ Trainable tensors are named like diffusers' LoRA keys without the adapter name
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -49,7 +50,9 @@ def add_adapter(model: nn.Module, name: str, spec: LoraSpec, seed: int) -> None:
 
     config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, init_lora_weights=True, lora_dropout=0.0,
                         target_modules=target_module_names(model, spec.target_modules))
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # Several adapters on one model is the point here, not an accident peft should warn about.
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
         torch.manual_seed(seed)
         model.add_adapter(config, adapter_name=name)
     for param_name, param in model.named_parameters():

@@ -1,0 +1,1 @@
+"""Worlds: what to generate (prompt sets, and for synthetic worlds the target distribution and evaluation)."""

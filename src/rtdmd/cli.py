@@ -11,6 +11,7 @@ from rtdmd.errors import UserError
 
 COMMANDS: list[str] = [
     "rtdmd.commands.export",
+    "rtdmd.commands.generate",
 ]
 
 

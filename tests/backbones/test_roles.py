@@ -82,6 +82,14 @@ def test_only_the_current_adapters_train(folders):
     assert any("single_transformer_blocks.0.attn.to_out.lora" in k for k in gen)
     with pytest.raises(ValueError):
         backbone.trainable("teacher")
+    # A bf16 base runs with fp32 adapters: fp32 in, fp32 out, fp32 gradients on every adapter tensor; decode is
+    # differentiable (reward back-propagation reaches x).
+    x = backbone.noise(seeded_generators([1])).requires_grad_(True)
+    v = backbone.velocity("generator", x, torch.tensor([0.5]), backbone.encode(PROMPTS[:1]))
+    assert v.dtype == torch.float32
+    (v.square().mean() + backbone.decode(x).mean()).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in gen.values())
+    assert x.grad is not None and x.grad.abs().sum() > 0
 
 
 def test_stage2_freezes_stage1_and_starts_fresh(folders):

@@ -1,6 +1,5 @@
 """``rtdmd export`` is a thin wrapper: a run (via ``rtdmd.train.runs.load_run``) in, a diffusers folder out."""
 
-import sys
 import types
 
 import torch
@@ -8,6 +7,7 @@ import torch
 from rtdmd import cli
 from rtdmd.config import DistillConfig
 from tests.backbones import tiny_pipelines as tiny
+from tests.commands import fake_run
 
 
 def test_export_command_writes_a_loadable_folder(tmp_path, monkeypatch):
@@ -16,10 +16,7 @@ def test_export_command_writes_a_loadable_folder(tmp_path, monkeypatch):
     folder = tiny.sd3_pipeline(tmp_path / "sd3")
     backbone = sd3.build(sd3.SD3Config(path=str(folder), height=16, width=16, max_sequence_length=8),
                          device=torch.device("cpu"), dtype=torch.float32)
-    run_config = types.SimpleNamespace(distill=DistillConfig(eta=0.7))
-    runs = types.ModuleType("rtdmd.train.runs")
-    runs.load_run = lambda run_dir: (run_config, backbone) if run_dir == "RUN" else None
-    monkeypatch.setitem(sys.modules, "rtdmd.train.runs", runs)
+    fake_run.install(monkeypatch, types.SimpleNamespace(distill=DistillConfig(eta=0.7)), backbone)
     assert cli.main(["export", "--run", "RUN", "--out", str(tmp_path / "merged")]) == 0
     assert cli.main(["export", "--run", "RUN", "--out", str(tmp_path / "lora"), "--format", "lora"]) == 0
     from rtdmd.scheduler import CPSScheduler

@@ -52,9 +52,9 @@ def export_lora(backbone, out_dir: str | Path, *, eta: float = 0.9,
     tensors, rank = backbone.roles.combined_lora("generator")
     modules = sorted({k.rsplit(".lora_", 1)[0] for k in tensors})
     metadata = {"r": rank, "lora_alpha": rank, "target_modules": modules}
-    dtype = backbone.dtype
+    # float32 like the trained tensors; loading casts them to the pipeline's dtype.
     type(backbone.pipe).save_lora_weights(
-        out, transformer_lora_layers={k: v.to(dtype).contiguous() for k, v in tensors.items()},
+        out, transformer_lora_layers={k: v.float().contiguous() for k, v in tensors.items()},
         transformer_lora_adapter_metadata=metadata, weight_name=LORA_FILE)
     cps_scheduler(backbone, eta, step_list).save_pretrained(out / "scheduler")
     (out / "rtdmd_export.json").write_text(json.dumps(

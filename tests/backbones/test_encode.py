@@ -52,3 +52,7 @@ def test_prompts_are_encoded_once_and_the_cache_is_bounded(folders):
     backbone.encode(["a"])
     backbone.encode(["b"])
     assert calls == [["a", "b"], ["c"], ["b"]]
+    backbone.encode([""])  # the empty prompt is pinned: it survives any number of other prompts
+    backbone.encode(["d", "e", "f"])
+    backbone.encode([""])
+    assert calls[-2:] == [[""], ["d", "e", "f"]] and len(backbone._cache) == 2 + 1

@@ -30,12 +30,13 @@ def check_common(cfg, multiple: int) -> None:
 
 class PromptCache:
     """Conditioning rows keyed by prompt text, computed once: an LRU of ``capacity`` prompts (the training prompt
-    set when it fits), so that the text encoders run once per prompt. ``encode`` maps a list of prompts to a
-    batch-first conditioning dict."""
+    set when it fits), so that the text encoders run once per prompt; the empty prompt (CFG's unconditional
+    branch) is never evicted. ``encode`` maps a list of prompts to a batch-first conditioning dict."""
 
-    def __init__(self, encode: Callable[[list[str]], Cond], capacity: int):
+    def __init__(self, encode: Callable[[list[str]], Cond], capacity: int, pinned: Sequence[str] = ("",)):
         self._encode = encode
         self.capacity = capacity
+        self.pinned = frozenset(pinned)
         self._rows: OrderedDict[str, Cond] = OrderedDict()
 
     @torch.no_grad()
@@ -44,15 +45,16 @@ class PromptCache:
         missing = list(dict.fromkeys(p for p in prompts if p not in self._rows))
         if missing:
             batch = self._encode(missing)
-            for i, prompt in enumerate(missing):
-                self._rows[prompt] = {k: v[i:i + 1] for k, v in batch.items()}
+            for i, prompt in enumerate(missing):  # clones: an evicted row must not pin its whole batch
+                self._rows[prompt] = {k: v[i:i + 1].clone() for k, v in batch.items()}
         rows = []
         for prompt in prompts:
             self._rows.move_to_end(prompt)
             rows.append(self._rows[prompt])
         out = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
-        while len(self._rows) > max(self.capacity, len(prompts)):
-            self._rows.popitem(last=False)
+        evictable = [p for p in self._rows if p not in self.pinned]  # least recently used first
+        for prompt in evictable[:max(0, len(evictable) - max(self.capacity, len(prompts)))]:
+            del self._rows[prompt]
         return out
 
     def __len__(self) -> int:

@@ -22,7 +22,8 @@ def check_common(cfg, multiple: int) -> None:
     check(cfg.teacher_guidance >= 1, f"teacher_guidance must be >= 1 (1 = no guidance), got {cfg.teacher_guidance}")
     check(cfg.height > 0 and cfg.width > 0 and cfg.height % multiple == 0 and cfg.width % multiple == 0,
           f"height and width must be positive multiples of {multiple}, got {cfg.height}x{cfg.width}")
-    check(1 <= cfg.max_sequence_length <= 512, f"max_sequence_length must lie in [1, 512], got {cfg.max_sequence_length}")
+    check(1 <= cfg.max_sequence_length <= 512,
+          f"max_sequence_length must lie in [1, 512], got {cfg.max_sequence_length}")
     check(cfg.rank >= 1 and cfg.alpha > 0, f"rank must be >= 1 and alpha > 0, got rank {cfg.rank}, alpha {cfg.alpha}")
     check(len(cfg.target_modules) >= 1, "target_modules must name at least one module (e.g. to_q)")
     check(cfg.prompt_cache >= 1, f"prompt_cache must be >= 1 prompts, got {cfg.prompt_cache}")

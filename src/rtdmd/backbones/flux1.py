@@ -86,7 +86,7 @@ class Flux1Backbone:
         timestep = (sigma.to(self.device).float() * 1000.0).expand(batch).to(self.dtype) / 1000
         h = x.to(self.dtype)
         if self.embedded_guidance or g == 1.0:
-            g_input = torch.full((batch,), g, device=self.device, dtype=torch.float32) if self.embedded_guidance else None
+            g_input = torch.full((batch,), g, device=self.device) if self.embedded_guidance else None
             return self._forward(model, h, timestep, cond, g_input).to(x.dtype)
         uncond = common.uncond_like(self._cache([""]), batch)
         both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}

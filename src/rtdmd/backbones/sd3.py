@@ -146,4 +146,5 @@ def build(cfg: SD3Config, *, world=None, device: torch.device, dtype: torch.dtyp
 
     from rtdmd.backbones.loading import load_pipeline
 
-    return SD3Backbone(load_pipeline(StableDiffusion3Pipeline, cfg.path, device=device, dtype=dtype), cfg, device, dtype)
+    pipe = load_pipeline(StableDiffusion3Pipeline, cfg.path, device=device, dtype=dtype)
+    return SD3Backbone(pipe, cfg, device, dtype)

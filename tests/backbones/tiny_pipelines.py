@@ -151,7 +151,8 @@ def flux2_klein_pipeline(folder: Path, *, is_distilled: bool = False, seed: int 
     torch.manual_seed(0)
     vae = AutoencoderKLFlux2(sample_size=16, in_channels=3, out_channels=3,
                              down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                             block_out_channels=(4, 8), layers_per_block=1, latent_channels=4, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False)
+                             block_out_channels=(4, 8), layers_per_block=1, latent_channels=4, norm_num_groups=1,
+                             use_quant_conv=False, use_post_quant_conv=False)
     # Non-trivial batch-norm statistics, so that forgetting them shows up in decode and parity tests.
     vae.bn.running_mean.copy_(torch.linspace(-0.5, 0.5, vae.bn.running_mean.numel()))
     vae.bn.running_var.copy_(torch.linspace(0.5, 2.0, vae.bn.running_var.numel()))

@@ -58,7 +58,10 @@ def test_model_dependent_combinations(folders):
 
 
 def test_sample_shapes_and_generator_levels(folders):
+    from rtdmd.backbones.base import Backbone
+
     sd3 = build("sd3", folders["sd3"])
+    assert isinstance(sd3, Backbone) and sd3.device == torch.device("cpu")
     assert sd3.sample_shape == (4, 8, 8)  # 16 px through a /2 VAE
     torch.testing.assert_close(sd3.generator_sigmas((1000, 750, 500, 250)), torch.tensor([1.0, 0.9, 0.75, 0.5, 0.0]))
     assert build("sd3_pixel", folders["sd3_pixel"]).sample_shape == (3, 16, 16)

@@ -79,6 +79,7 @@ class RoleAdapters:
         self.stage = 0
         self.frozen: dict[str, list[str]] = {role: [] for role in TRAINED_ROLES}
         self.current: dict[str, str] = {}
+        self._params: dict[str, dict[str, nn.Parameter]] = {}  # adapter name -> its tensors
         self._state: dict[int, tuple[str, ...] | None] = {}
         self._new_stage()
 
@@ -87,6 +88,7 @@ class RoleAdapters:
         for role in TRAINED_ROLES:
             name = f"{role}_{self.stage}"
             add_adapter(self.bases[role], name, self.spec, seed=zlib.crc32(name.encode()))
+            self._params[name] = _adapter_params(self.bases[role], name)
             self.current[role] = name
         self._state.clear()
         self._fix_requires_grad()
@@ -95,11 +97,10 @@ class RoleAdapters:
         # peft's set_adapter turns requires_grad on for whatever it activates and off for the rest; ours is
         # fixed: the current adapters train (active or not), frozen ones never do.
         for role in TRAINED_ROLES:
-            model = self.bases[role]
             for name in self.frozen[role]:
-                for p in _adapter_params(model, name).values():
+                for p in self._params[name].values():
                     p.requires_grad_(False)
-            for p in _adapter_params(model, self.current[role]).values():
+            for p in self._params[self.current[role]].values():
                 p.requires_grad_(True)
 
     def adapters(self, role: str) -> list[str]:
@@ -122,7 +123,7 @@ class RoleAdapters:
     def trainable(self, role: str) -> dict[str, nn.Parameter]:
         if role not in TRAINED_ROLES:
             raise ValueError(f"role {role!r} has no trainable tensors (trained roles: {TRAINED_ROLES})")
-        return _adapter_params(self.bases[role], self.current[role])
+        return dict(self._params[self.current[role]])
 
     def start_stage2(self) -> None:
         for role in TRAINED_ROLES:

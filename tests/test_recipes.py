@@ -1,7 +1,8 @@
 """The shipped recipes: each starts with its launch command and every section builds strictly.
 
-The reward kinds (clipscore, hpsv2, pickscore, geneval) come with the rewards issue; until they are registered,
-the rewards section is checked for the published set only, and the other sections are built one by one."""
+The reward kinds (clipscore, hpsv2, pickscore, and remote for GenEval) come with the rewards issue; until they are
+registered, the rewards section is checked for the published set only, and the other sections are built one by
+one."""
 
 from pathlib import Path
 
@@ -29,7 +30,8 @@ def test_recipe_sections_build(path):
     distill = configtools.build(config.DistillConfig, raw["distill"], "distill")
     align = configtools.build(config.AlignConfig, raw["align"], "align")
     run = configtools.build(config.RunConfig, raw["run"], "run")
-    assert [r["kind"] for r in raw["rewards"]] == ["clipscore", "hpsv2", "pickscore", "geneval"]
+    assert [r.get("name", r["kind"]) for r in raw["rewards"]] == ["clipscore", "hpsv2", "pickscore", "geneval"]
+    assert raw["rewards"][2]["bp_scale"] == pytest.approx(1 / 26, rel=1e-5)
     # Spec 4.7 / 5.8 numbers that differ between setups.
     flux2 = path.stem.startswith("flux2")
     assert distill.generator.lr == distill.fake.lr == (1e-6 if flux2 else 3e-5)

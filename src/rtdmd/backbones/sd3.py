@@ -5,9 +5,10 @@
 - ``x``: latents ``(B, C, H/f, W/f)`` as the pipeline passes them to ``scheduler.step``; the transformer takes
   ``tau = 1000 sigma``; CFG is one batched forward on ``[uncond; cond]``.
 - Pixel space: a folder whose ``vae`` is null (the embedded world) has ``f = 1``, ``x`` in [-1, 1] and
-  ``decode(x) = (x + 1) / 2``. (A stock pipeline on such a folder needs ``pipe.vae_scale_factor = 1``: it
-  assumes 8 without a VAE; the backbone sets it on its own pipeline.) A null ``text_encoder_3`` gives zeros for
-  T5, as the stock pipeline does.
+  ``decode(x) = (x + 1) / 2``; ``height``/``width`` are the pixel size. (A stock pipeline assumes a factor of 8
+  without a VAE: call it with 8 times the pixel size, or set ``pipe.vae_scale_factor = 1``, which the backbone
+  does on its own pipeline.) A null ``text_encoder_3`` gives ``max_sequence_length`` zero vectors for T5, as the
+  stock pipeline does: use the value the teacher was trained with.
 """
 
 from __future__ import annotations

@@ -77,3 +77,13 @@ def perturb(backbone, role: str, scale: float, seed: int) -> None:
     with torch.no_grad():
         for p in backbone.trainable(role).values():
             p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models: one intra-op thread avoids OpenMP hand-offs that dominate milliseconds-long ops (and thrash
+    # when the two cores are shared).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

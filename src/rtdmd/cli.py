@@ -9,7 +9,11 @@ import sys
 
 from rtdmd.errors import UserError
 
-COMMANDS: list[str] = [
+COMMANDS = [
+    "rtdmd.commands.train",  # distill, align
+    "rtdmd.commands.generate",
+    "rtdmd.commands.evaluate",
+    "rtdmd.commands.demo",
 ]
 
 

@@ -1,0 +1,1 @@
+"""Worlds: what to generate (prompts, the teacher's distribution) and how to judge it."""

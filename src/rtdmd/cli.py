@@ -9,9 +9,12 @@ import sys
 
 from rtdmd.errors import UserError
 
-COMMANDS: list[str] = [
-    "rtdmd.commands.export",
+COMMANDS = [
+    "rtdmd.commands.train",  # distill, align
     "rtdmd.commands.generate",
+    "rtdmd.commands.evaluate",
+    "rtdmd.commands.demo",
+    "rtdmd.commands.export",
 ]
 
 

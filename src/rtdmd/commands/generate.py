@@ -1,47 +1,57 @@
-"""``rtdmd generate --run RUN_DIR --out OUT_DIR (--prompt TEXT ... | --prompts FILE)``: PNG files and
-``metadata.jsonl`` (prompt, seed, file, steps, eta) from a run's trained generator (4-step CPS), or from its
-teacher (``--teacher --steps N``: the ODE with the teacher's guidance)."""
+"""``rtdmd generate``: samples of a trained generator (EMA weights), reproducible for a given seed.
+
+Vector worlds write ``OUT/samples.npz`` (``x`` [N * prompts, d], ``prompt``, ``seed``); image models write one
+PNG per sample and ``OUT/metadata.jsonl`` (prompt, seed, file, steps, eta)."""
 
 from __future__ import annotations
 
-import argparse
+import json
+from pathlib import Path
 
-from rtdmd.errors import UserError
-
-
-def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("generate", help="generate images with a trained run",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="run folder (its generator EMA weights are used)")
-    parser.add_argument("--out", required=True, help="folder for the PNG files and metadata.jsonl")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
-    source.add_argument("--prompts", help="prompt file: .txt (one per line) or .jsonl with a 'prompt' field")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first image; image k uses seed + k")
-    parser.add_argument("--per-prompt", type=int, default=1, help="images per prompt (default 1)")
-    parser.add_argument("--eta", type=float, default=None, help="CPS eta (default: the run's)")
-    parser.add_argument("--teacher", action="store_true", help="sample the teacher instead (eta 0, --steps)")
-    parser.add_argument("--steps", type=int, default=28, help="teacher steps (with --teacher)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.set_defaults(func=run)
+import numpy as np
 
 
-def run(args) -> int:
-    from rtdmd.data.prompts import load_prompts
-    from rtdmd.generate import generate
+def save_images(images, prompts: list[str], seeds: list[int], out: Path, steps: list[float], eta: float) -> None:
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    pixels = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    with open(out / "metadata.jsonl", "w", encoding="utf-8") as meta:
+        for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
+            name = f"{i:05d}_seed{seed}.png"
+            Image.fromarray(pixels[i]).save(out / name)
+            meta.write(json.dumps({"prompt": prompt, "seed": seed, "file": name, "steps": steps, "eta": eta}) + "\n")
+
+
+def generate_command(args) -> int:
+    from rtdmd.sample import generate
     from rtdmd.train.runs import load_run
 
-    if args.per_prompt < 1 or args.batch_size < 1 or args.steps < 1:
-        raise UserError("--per-prompt, --batch-size and --steps must be >= 1")
-    texts = list(args.prompt) if args.prompt else list(load_prompts(args.prompts).texts)
-    prompts = [t for t in texts for _ in range(args.per_prompt)]
-    seeds = [args.seed + k for k in range(len(prompts))]
-    config, backbone = load_run(args.run)
-    if args.teacher:
-        role, sigmas, eta = "teacher", backbone.teacher_sigmas(args.steps), 0.0
+    loaded = load_run(args.run, args.device)
+    backbone, world = loaded.components.backbone, loaded.components.world
+    prompts = args.prompt or list(world.prompts("eval").texts)
+    stage_cfg = loaded.config.distill if loaded.stage == "distill" else loaded.config.align
+    sigmas = backbone.generator_sigmas(stage_cfg.step_list)
+    eta = stage_cfg.eta if args.eta is None else args.eta
+    x, seeds = generate(backbone, prompts, args.num, args.seed, sigmas=sigmas, eta=eta)
+    texts = [p for p in prompts for _ in range(args.num)]
+    out = Path(args.out)
+    if x.ndim == 2:
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez(out / "samples.npz", x=x.cpu().numpy(), prompt=np.array(texts), seed=np.array(seeds))
     else:
-        role, sigmas = "generator", backbone.generator_sigmas(config.distill.step_list)
-        eta = config.distill.eta if args.eta is None else args.eta
-    rows = generate(backbone, prompts, seeds, args.out, role=role, sigmas=sigmas, eta=eta, batch_size=args.batch_size)
-    print(f"wrote {len(rows)} images and metadata.jsonl to {args.out}")
+        save_images(x, texts, seeds, out, [round(float(s), 6) for s in sigmas], eta)
+    print(f"rtdmd: wrote {len(texts)} samples to {out}")
     return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("generate", help="sample a trained generator")
+    p.add_argument("--run", type=Path, required=True, help="run directory of 'rtdmd distill' or 'rtdmd align'")
+    p.add_argument("--num", type=int, default=4, help="samples per prompt")
+    p.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable; default: all prompts)")
+    p.add_argument("--seed", type=int, default=0, help="sample j of prompt p uses seed + p * num + j")
+    p.add_argument("--eta", type=float, default=None, help="CPS eta (default: the stage's training eta)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=generate_command)

@@ -1,1 +1,1 @@
-"""Worlds: what to generate (prompt sets, and for synthetic worlds the target distribution and evaluation)."""
+"""Worlds: what to generate (prompts, the teacher's distribution) and how to judge it."""

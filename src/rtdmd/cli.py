@@ -10,6 +10,7 @@ import sys
 from rtdmd.errors import UserError
 
 COMMANDS: list[str] = [
+    "rtdmd.commands.reward_server",
 ]
 
 

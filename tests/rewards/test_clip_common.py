@@ -142,7 +142,10 @@ def test_download_only_when_allowed(tmp_path, monkeypatch):
 def test_file_hash_is_sha256(tmp_path):
     import hashlib
 
-    file = tmp_path / "w.safetensors"
+    file = tmp_path / "model.safetensors"
     file.write_bytes(b"abc" * 1000)
     assert cc.file_sha256(file) == hashlib.sha256(b"abc" * 1000).hexdigest()
-    assert cc.weight_files(tmp_path) == [file]
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    assert cc.weight_files(tmp_path) == [file]  # the file transformers loads, not every copy in the folder
+    file.unlink()
+    assert cc.weight_files(tmp_path) == [tmp_path / "pytorch_model.bin"]

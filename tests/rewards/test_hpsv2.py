@@ -61,7 +61,8 @@ def test_non_square_images_use_hpsv2_resize_longest_and_pad(hps_folder, reward):
 
 
 def test_checkpoint_variants_load_the_same(tmp_path, hps_folder, reward):
-    """A DDP "module." prefix, a flat state dict and a .safetensors file give the same model."""
+    """A DDP "module." prefix, a flat state dict and a .safetensors file give the same model; a half-precision
+    checkpoint (as "compressed" files may be) loads into fp32 parameters."""
     from safetensors.torch import save_file
 
     folder, state = hps_folder
@@ -69,12 +70,15 @@ def test_checkpoint_variants_load_the_same(tmp_path, hps_folder, reward):
         (tmp_path / name).write_bytes((folder / name).read_bytes())
     torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "flat.pt")
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "hps.safetensors"))
+    torch.save({"state_dict": {k: v.half() for k, v in state.items()}}, tmp_path / "half.pt")
     images = smooth_images(2, 28, 28, seed=14)
     with torch.no_grad():
         expected = reward(images, PROMPTS[:2])
-        for checkpoint in ("flat.pt", "hps.safetensors"):
+        for checkpoint in ("flat.pt", "hps.safetensors", "half.pt"):
             other = hpsv2.build_hpsv2(hpsv2.HPSv2Config(path=str(tmp_path), checkpoint=checkpoint, **HEADS))
-            torch.testing.assert_close(other(images, PROMPTS[:2]), expected)
+            tolerance = 5e-3 if checkpoint == "half.pt" else 1e-6
+            torch.testing.assert_close(other(images, PROMPTS[:2]), expected, atol=tolerance, rtol=0)
+            assert {p.dtype for p in other.embedder.model.parameters()} == {torch.float32}
 
 
 def test_gradient_reaches_pixels(reward):

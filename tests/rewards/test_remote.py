@@ -92,7 +92,7 @@ def test_malformed_requests_get_400_with_a_reason(serve):
     assert post(url, json.dumps(good).encode())[0] == 200
     cases = [(b"not json", "not JSON"), (json.dumps({**good, "protocol": 2}).encode(), "protocol"),
              (json.dumps({**good, "prompts": ["a", "b"]}).encode(), "list of 1 strings"),
-             (json.dumps({**good, "images": {"encoding": "f32", "shape": [1, 3, 4, 5], "data": good["images"]["data"]}}).encode(), "bytes"),
+             (json.dumps({**good, "images": {**good["images"], "shape": [1, 3, 4, 5]}}).encode(), "bytes"),
              (json.dumps({**good, "images": {"encoding": "png", "data": ["AAAA"]}}).encode(), "bad images")]
     for body, reason in cases:
         status, answer = post(url, body)
@@ -173,6 +173,8 @@ def test_cli_server_dies_mid_request():
         [sys.executable, "-m", "rtdmd.cli", "reward-server", "--reward", "compositional", "--set",
          "detector=tests.rewards.toys:build_dying", "--port", "0", "--device", "cpu", "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    watchdog = threading.Timer(120, process.kill)  # never hang the suite on a server that does not start
+    watchdog.start()
     try:
         line = process.stdout.readline()  # blocks until the server listens (or the process fails)
         assert "serving reward 'compositional' on http://" in line, process.stderr.read()
@@ -185,6 +187,7 @@ def test_cli_server_dies_mid_request():
         assert "after 3 attempts (connection lost mid-request" in message and "; then cannot connect" in message
         assert process.wait(timeout=30) == 3
     finally:
+        watchdog.cancel()
         if process.poll() is None:
             process.kill()
         process.wait(timeout=30)

@@ -116,9 +116,16 @@ def file_sha256(path: Path) -> str:
 
 
 def weight_files(folder: Path) -> list[Path]:
-    """The weight files of a folder (what identifies a scorer's version)."""
-    suffixes = {".safetensors", ".bin", ".pt", ".pth"}
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in suffixes) if folder.is_dir() else []
+    """The weight files transformers loads from a model folder (what identifies a scorer's version): the
+    safetensors file, else the shards of a safetensors index, else ``pytorch_model.bin``."""
+    single = folder / "model.safetensors"
+    index = folder / "model.safetensors.index.json"
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values()))
+        return [index, *(folder / s for s in shards)]
+    return [folder / "pytorch_model.bin"] if (folder / "pytorch_model.bin").is_file() else []
 
 
 @dataclass

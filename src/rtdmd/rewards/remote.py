@@ -77,7 +77,8 @@ def decode_images(field: Any) -> Tensor:
         raise ValueError(f"'images' must be an object with encoding in {list(ENCODINGS)}")
     if field["encoding"] == "f32":
         shape = field.get("shape")
-        if not (isinstance(shape, list) and len(shape) == 4 and shape[1] == 3 and all(isinstance(s, int) and s > 0 for s in shape)):
+        valid = isinstance(shape, list) and len(shape) == 4 and all(isinstance(s, int) and s > 0 for s in shape)
+        if not valid or shape[1] != 3:
             raise ValueError("f32 images need 'shape': [B, 3, H, W]")
         raw = base64.b64decode(field.get("data", ""), validate=True)
         if len(raw) != 4 * int(np.prod(shape)):

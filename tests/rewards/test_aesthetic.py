@@ -67,3 +67,13 @@ def test_missing_files(tmp_path, monkeypatch):
     torch.save(mlp_state(), tmp_path / f"{MLP_STEM}.pth")
     with pytest.raises(UserError, match="clip_path"):
         build_aesthetic(AestheticConfig(path=str(tmp_path)))
+
+
+def test_shares_the_clip_model_with_clipscore(tmp_path, clip_folder):
+    from rtdmd.rewards.clipscore import ClipScoreConfig, build_clipscore
+
+    torch.save(mlp_state(), tmp_path / f"{MLP_STEM}.pth")
+    aesthetic = build_aesthetic(AestheticConfig(path=str(tmp_path), clip_path=str(clip_folder)))
+    clipscore = build_clipscore(ClipScoreConfig(path=str(clip_folder)))
+    assert aesthetic.embedder.model is clipscore.embedder.model
+    assert build_clipscore(ClipScoreConfig(path=str(clip_folder), dtype="bf16")).embedder.model is not clipscore.embedder.model

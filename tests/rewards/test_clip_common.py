@@ -139,6 +139,22 @@ def test_download_only_when_allowed(tmp_path, monkeypatch):
     assert calls == [("org/model", "model.safetensors"), ("org/tok", "tokenizer.json")]
 
 
+def test_download_falls_back_to_the_next_alternative(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def fake_download(repo, name, local_dir):
+        if name != "pytorch_model.bin":
+            raise FileNotFoundError(f"{name} not in {repo}")
+        (tmp_path / name).write_text("x")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    need = cc.Need("weights", cc.CLIP_MODEL_FILES, "org/m", "org/m", (("model.safetensors", "pytorch_model.bin"),))
+    assert cc.locate("pickscore", tmp_path, (need,), allow_download=True) == tmp_path
+    bad = cc.Need("tokenizer", ("tokenizer.json",), "org/t", "org/t", ("tokenizer.json",))
+    with pytest.raises(UserError, match="could not download tokenizer.json from org/t: FileNotFoundError"):
+        cc.locate("pickscore", tmp_path, (bad,), allow_download=True)
+
+
 def test_file_hash_is_sha256(tmp_path):
     import hashlib
 

@@ -67,8 +67,14 @@ def test_pickscore_is_scaled_cosine(clip_folder):
 
 
 def test_gradient_reaches_pixels_finite_difference(clip_folder):
-    reward = build_clipscore(ClipScoreConfig(path=str(clip_folder)))
-    reward.embedder.model.double()
+    from transformers import CLIPModel
+
+    built = build_clipscore(ClipScoreConfig(path=str(clip_folder)))
+    # A private float64 copy of the model (the built one is shared through the loader's cache), so that
+    # central differences are exact to ~1e-10.
+    model = CLIPModel.from_pretrained(str(clip_folder)).double().eval().requires_grad_(False)
+    embedder = cc.ClipEmbedder(model, built.embedder.tokenizer, built.embedder.preprocess)
+    reward = cc.ClipCosine(embedder, built._info)
     images = smooth_images(1, 40, 36, seed=9).double().requires_grad_(True)
     reward(images, ["the dog"]).sum().backward()
     grad = images.grad

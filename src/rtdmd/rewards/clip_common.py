@@ -47,7 +47,7 @@ class Need:
     names: tuple[str | tuple[str, ...], ...]
     source: str  # where it is published, for the error message (a Hugging Face repo id or a URL)
     repo: str | None = None  # Hugging Face repo to fetch from when allow_download
-    fetch: tuple[str, ...] = ()  # files to fetch from ``repo``
+    fetch: tuple[str | tuple[str, ...], ...] = ()  # files to fetch from ``repo``; a tuple: the first that exists
 
     def present(self, folder: Path) -> bool:
         return any(all((folder / part).is_file() for part in _parts(name)) for name in self.names)
@@ -92,11 +92,16 @@ def _download(need: Need, folder: Path) -> None:
     from huggingface_hub import hf_hub_download
 
     folder.mkdir(parents=True, exist_ok=True)
-    for name in need.fetch:
-        try:
-            hf_hub_download(need.repo, name, local_dir=str(folder))
-        except Exception as err:  # network, authentication, missing file: all are the user's to fix
-            raise UserError(f"could not download {name} from {need.repo}: {type(err).__name__}: {err}") from None
+    for item in need.fetch:
+        alternatives = _parts(item)
+        for i, name in enumerate(alternatives):
+            try:
+                hf_hub_download(need.repo, name, local_dir=str(folder))
+                break
+            except Exception as err:  # network, authentication, missing file: all are the user's to fix
+                if i == len(alternatives) - 1:
+                    raise UserError(f"could not download {' or '.join(alternatives)} from {need.repo}: "
+                                    f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
 
 
 _HASHES: dict[tuple[str, int, int], str] = {}

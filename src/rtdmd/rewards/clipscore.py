@@ -21,7 +21,7 @@ from rtdmd.rewards import clip_common as cc
 REPO = "openai/clip-vit-large-patch14"
 NEEDS = (
     cc.Need("CLIP config", ("config.json",), REPO, REPO, ("config.json",)),
-    cc.Need("CLIP weights", cc.CLIP_MODEL_FILES, REPO, REPO, ("model.safetensors",)),
+    cc.Need("CLIP weights", cc.CLIP_MODEL_FILES, REPO, REPO, (("model.safetensors", "pytorch_model.bin"),)),
     cc.Need("CLIP tokenizer", cc.TOKENIZER_FILES, REPO, REPO,
             ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")),
     cc.Need("CLIP preprocessor config", ("preprocessor_config.json",), REPO, REPO, ("preprocessor_config.json",)),

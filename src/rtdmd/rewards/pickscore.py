@@ -23,7 +23,8 @@ MODEL_REPO = "yuvalkirstain/PickScore_v1"
 PROCESSOR_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 MODEL_NEEDS = (
     cc.Need("PickScore config", ("config.json",), MODEL_REPO, MODEL_REPO, ("config.json",)),
-    cc.Need("PickScore weights", cc.CLIP_MODEL_FILES, MODEL_REPO, MODEL_REPO, ("model.safetensors",)),
+    cc.Need("PickScore weights", cc.CLIP_MODEL_FILES, MODEL_REPO, MODEL_REPO,
+            (("model.safetensors", "pytorch_model.bin"),)),
 )
 PROCESSOR_NEEDS = (
     cc.Need("CLIP-H tokenizer", cc.TOKENIZER_FILES, PROCESSOR_REPO, PROCESSOR_REPO,

@@ -200,4 +200,4 @@ def test_cli_rejects_unknown_keys_in_one_line():
     result = subprocess.run([sys.executable, "-m", "rtdmd.cli", "reward-server", "--reward", "remote", "--set",
                              "ulr=http://x", "--port", "0"], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip() == "rtdmd: error: unknown config key 'reward.ulr' (did you mean 'url'?)"
+    assert result.stderr.strip() == "rtdmd: error: unknown config key 'reward.ulr' (did you mean 'reward.url'?)"

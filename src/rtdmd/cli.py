@@ -14,6 +14,7 @@ COMMANDS = [
     "rtdmd.commands.generate",
     "rtdmd.commands.evaluate",
     "rtdmd.commands.demo",
+    "rtdmd.commands.reward_server",
     "rtdmd.commands.export",
 ]
 

@@ -24,6 +24,12 @@ KINDS: dict[str, dict[str, tuple[str, str, str]]] = {
         "linear": ("rtdmd.rewards.analytic", "LinearConfig", "build_linear"),
         "quadratic": ("rtdmd.rewards.analytic", "QuadraticConfig", "build_quadratic"),
         "region": ("rtdmd.rewards.analytic", "RegionConfig", "build_region"),
+        "clipscore": ("rtdmd.rewards.clipscore", "ClipScoreConfig", "build_clipscore"),
+        "pickscore": ("rtdmd.rewards.pickscore", "PickScoreConfig", "build_pickscore"),
+        "aesthetic": ("rtdmd.rewards.aesthetic", "AestheticConfig", "build_aesthetic"),
+        "hpsv2": ("rtdmd.rewards.hpsv2", "HPSv2Config", "build_hpsv2"),
+        "compositional": ("rtdmd.rewards.compositional", "CompositionalConfig", "build_compositional"),
+        "remote": ("rtdmd.rewards.remote", "RemoteConfig", "build_remote"),
     },
 }
 

@@ -35,5 +35,6 @@ def build(cfg: BrightnessConfig, *, world=None, device="cpu") -> Brightness:
 @contextlib.contextmanager
 def registered():
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(registry.KINDS["reward"], "brightness", ("tests.backbones.image_reward", "BrightnessConfig", "build"))
+        entry = ("tests.backbones.image_reward", "BrightnessConfig", "build")
+        mp.setitem(registry.KINDS["reward"], "brightness", entry)
         yield

@@ -12,9 +12,13 @@ from rtdmd.errors import ConfigError
 KINDS: dict[str, dict[str, tuple[str, str, str]]] = {
     "world": {
         "gmm": ("rtdmd.worlds.gmm", "GMMWorldConfig", "build"),
+        "prompts": ("rtdmd.worlds.prompts", "PromptsWorldConfig", "build"),
     },
     "backbone": {
         "mlp": ("rtdmd.backbones.mlp", "MLPBackboneConfig", "build"),
+        "sd3": ("rtdmd.backbones.sd3", "SD3Config", "build"),
+        "flux1": ("rtdmd.backbones.flux1", "Flux1Config", "build"),
+        "flux2_klein": ("rtdmd.backbones.flux2_klein", "Flux2KleinConfig", "build"),
     },
     "reward": {
         "linear": ("rtdmd.rewards.analytic", "LinearConfig", "build_linear"),

@@ -40,7 +40,8 @@ def load_stage1(from_dir: Path, config: Config, device: torch.device) -> dict[st
     checkpoint = latest_checkpoint(Path(from_dir) / "checkpoints")
     if checkpoint is None:
         raise UserError(f"--from {from_dir} holds no complete checkpoint")
-    tensors, _ = load_checkpoint(checkpoint, device)
+    # Host memory: these tensors are copied into the model once and otherwise only written to checkpoints.
+    tensors, _ = load_checkpoint(checkpoint, "cpu")
     return {"stage1_generator": role_tensors(tensors, "ema"), "stage1_fake": role_tensors(tensors, "fake")}
 
 
@@ -209,9 +210,13 @@ def generator_losses(backbone, rewards, cfg, beta: float, sigmas, trained, cond,
         loss, _ = steps.policy_loss(backbone, cond, traj, sigmas, cfg.eta, trained, advantages,
                                     log_prob=cfg.log_prob, clip_range=cfg.ppo_clip, reduction=cfg.policy_reduction)
         out["policy"] = cfg.policy_weight * loss
-    if not (cfg.dm or cfg.bp):
+    differentiable = rewards.differentiable
+    bp = cfg.bp and bool(differentiable)
+    if not (cfg.dm or bp):
         return out
-    x_final = steps.final_step(backbone, cond, traj.states[-1], float(sigmas[-2]))
+    # The last step with gradient serves BP, and DM unless DM replays the whole rollout with gradient.
+    x_final = steps.final_step(backbone, cond, traj.states[-1], float(sigmas[-2])) \
+        if bp or cfg.dm_backprop != "full" else None
     if cfg.dm:
         x_dm = steps.replay_with_grad(backbone, cond, traj, sigmas, cfg.eta) if cfg.dm_backprop == "full" else x_final
         if cfg.dm_loss == "dmd":
@@ -219,8 +224,7 @@ def generator_losses(backbone, rewards, cfg, beta: float, sigmas, trained, cond,
         else:
             loss, _ = steps.score_dm_loss(backbone, cond, x_dm, draw, cfg.dm_sigma_range or (0.02, 0.98))
         out["dm"] = cfg.dm_weight * loss
-    differentiable = rewards.differentiable
-    if cfg.bp and differentiable:
+    if bp:
         images = backbone.decode(x_final)
         r = sum(e.weight * e.bp_scale * e.reward(images, texts, meta) for e in differentiable)
         loss = reward_bp.reward_bp_loss_paper(r, cfg.bp_margin) if cfg.bp_loss == "hinge" else reward_bp.reward_bp_loss_exact(r, beta)

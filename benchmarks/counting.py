@@ -131,7 +131,8 @@ def instrumented(log: CallLog, on_iteration: Callable[[], None] | None = None,
         parts = build_components(config, device)
         wrapped = parts
         if wrap:
-            wrapped = Components(parts.world, CountingBackbone(parts.backbone, log), counting_rewards(parts.rewards, log))
+            wrapped = Components(parts.world, CountingBackbone(parts.backbone, log),
+                                 counting_rewards(parts.rewards, log))
         if on_components is not None:
             on_components(wrapped)
         return wrapped

@@ -12,7 +12,8 @@ from rtdmd.train import align, distill
 from tests.tiny import TINY, tiny_config
 
 BATCH = TINY["distill"]["batch_size"]  # 16 samples per stage-1 iteration
-GROUP, PROMPTS, MICRO = TINY["align"]["group_size"], TINY["align"]["prompts_per_iteration"], TINY["align"]["micro_batch"]
+GROUP, PROMPTS = TINY["align"]["group_size"], TINY["align"]["prompts_per_iteration"]
+MICRO = TINY["align"]["micro_batch"]
 
 
 def calls(log: CallLog, iteration: int) -> Counter:
@@ -100,5 +101,6 @@ def test_stage2_iteration_exact(stage1, bp):
         ("velocity", "fake", False, MICRO): micro_batches,
     })
     if bp:
-        expected.update({("decode", "vae", True, MICRO): micro_batches, ("reward", "linear", True, MICRO): micro_batches})
+        expected.update({("decode", "vae", True, MICRO): micro_batches,
+                         ("reward", "linear", True, MICRO): micro_batches})
     assert stage2_calls(stage1, "preset=exact", f"align.bp={str(bp).lower()}") == expected

@@ -35,6 +35,11 @@ def test_unknown_key_names_the_closest_valid_one():
     ("run.dtype=fp64", "not allowed"),
     ("distill.generator.lr=-1", "distill.generator.lr must be positive"),
     ("distill.step_list=[1000,500,750]", "strictly decreasing"),
+    ("align.step_list=[1000,1000,500]", "align.step_list must be at least 2 strictly decreasing"),
+    ("align.step_list=[1500,500]", r"in \(0, 1000\]"),
+    ("align.step_list=[1000]", "at least 2"),
+    ("run.nonfinite_patience=0", "run.nonfinite_patience must be >= 1"),
+    ("run.parallel=zero3", "not allowed"),
     ("world.components.0.cov=[[1,2],[2,1]]", "positive definite"),
     ("world.prompts.a=[3]", "component indices"),
 ])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from rtdmd.errors import UserError
@@ -26,13 +27,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rank_tag() -> str:
+    """``[rank N] `` in the processes of a multi-process launch other than rank 0 (whose errors are untagged)."""
+    rank = os.environ.get("RANK", "0")
+    return "" if rank == "0" or os.environ.get("WORLD_SIZE", "1") == "1" else f"[rank {rank}] "
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except UserError as err:
-        print(f"rtdmd: error: {err}", file=sys.stderr)
+        print(f"rtdmd: error: {_rank_tag()}{' '.join(str(err).splitlines())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rtdmd: interrupted", file=sys.stderr)

@@ -89,12 +89,18 @@ def role_tensors(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
 
 @torch.no_grad()
 def load_into(params: dict[str, torch.nn.Parameter], values: dict[str, torch.Tensor], what: str) -> None:
+    """Copy full tensors ``values`` into ``params`` (into this rank's shards when they are FSDP shards)."""
+    from rtdmd.train.parallel import shard_like
+
     missing = sorted(set(params) - set(values))
     if missing:
         raise UserError(f"checkpoint lacks {len(missing)} {what} tensors (e.g. {missing[0]}): it was written for "
                         f"another backbone configuration")
     for name, p in params.items():
-        p.copy_(values[name].to(p.device, p.dtype))
+        if tuple(values[name].shape) != tuple(p.shape):
+            raise UserError(f"checkpoint tensor {what} {name} has shape {list(values[name].shape)}, the model's has "
+                            f"{list(p.shape)}: it was written for another backbone configuration")
+        p.copy_(shard_like(values[name], p))
 
 
 def restore_backbone(backbone, tensors: dict[str, torch.Tensor], stage: str, use_ema: bool = True) -> None:

@@ -19,6 +19,7 @@ from torch import Tensor
 from rtdmd.train.checkpoint import save_checkpoint
 from rtdmd.train.ema import EMA
 from rtdmd.train.optim import load_optimizer_tensors, optimizer_tensors
+from rtdmd.train.parallel import full_tensor
 from rtdmd.train.runs import load_into, role_tensors
 
 
@@ -31,7 +32,7 @@ def training_tensors(backbone, ema: EMA, optimizers: Mapping[str, torch.optim.Op
     out: dict[str, Tensor] = {}
     for role, optimizer in optimizers.items():
         params = backbone.trainable(role)
-        out.update(prefixed(role, {k: p.detach() for k, p in params.items()}))
+        out.update(prefixed(role, {k: full_tensor(p) for k, p in params.items()}))
         out.update(prefixed(f"optim_{role}", optimizer_tensors(optimizer, list(params))))
     out.update(prefixed("ema", ema.state_dict()))
     for prefix, tensors in extra.items():

@@ -51,6 +51,12 @@ def test_bad_values_are_rejected_with_the_key(override, message):
 def test_override_syntax_errors():
     with pytest.raises(ConfigError, match="key=value"):
         resolve(BASE, ["distill.iterations"])
+    with pytest.raises(ConfigError, match=r"index 5 is out of range \(the list has 1 entries\)"):
+        resolve(BASE, ["world.components.5.cov=1"])
+    with pytest.raises(ConfigError, match="'x' must be a list index"):
+        resolve(BASE, ["world.components.x.cov=1"])
+    with pytest.raises(ConfigError, match="'weight' is not a section"):
+        resolve(BASE, ["world.components.0.weight.x=1"])
 
 
 def test_preset_fills_defaults_and_explicit_values_win():

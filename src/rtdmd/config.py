@@ -244,21 +244,31 @@ def _resolver(section: str, kind: str) -> type:
     return registry.config_class(section, kind)
 
 
+def _list_index(node: list, part: str, dotted: str) -> int:
+    try:
+        index = int(part)
+    except ValueError:
+        raise ConfigError(f"cannot set '{dotted}': '{part}' must be a list index (0 to {len(node) - 1})") from None
+    if not 0 <= index < len(node):
+        raise ConfigError(f"cannot set '{dotted}': index {index} is out of range (the list has {len(node)} entries)")
+    return index
+
+
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = tree
     for part in parts[:-1]:
         if isinstance(node, list):
-            node = node[int(part)]
-            continue
-        nxt = node.get(part)
-        if nxt is None:
-            nxt = node[part] = {}
+            nxt = node[_list_index(node, part, dotted)]
+        else:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
         if not isinstance(nxt, (dict, list)):
             raise ConfigError(f"cannot set '{dotted}': '{part}' is not a section")
         node = nxt
     if isinstance(node, list):
-        node[int(parts[-1])] = value
+        node[_list_index(node, parts[-1], dotted)] = value
     else:
         node[parts[-1]] = value
 
@@ -347,6 +357,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raw = yaml.safe_load(file.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"config file {file} is not valid UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"config file {file} cannot be read: {err.strerror}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -19,8 +19,15 @@ COMMANDS = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """Command-line mistakes end like every other user error: one line, exit code 2 (``--help`` shows usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"rtdmd: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rtdmd", description=__doc__.split(".")[0] + ".")
+    parser = Parser(prog="rtdmd", description=__doc__.split(".")[0] + ".")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(name).add_parser(sub)

@@ -7,9 +7,12 @@ from pathlib import Path
 
 
 def evaluate_command(args) -> int:
+    from rtdmd.errors import UserError
     from rtdmd.train.runs import load_run
     from rtdmd.worlds.evaluate import evaluate_role
 
+    if (args.num is not None and args.num < 1) or args.teacher_steps < 1:
+        raise UserError(f"--num and --teacher-steps must be at least 1, got {args.num} and {args.teacher_steps}")
     loaded = load_run(args.run, args.device)
     result = evaluate_role(loaded.components, loaded.config, role=args.role, num=args.num, seed=args.seed,
                            teacher_steps=args.teacher_steps)

@@ -198,6 +198,7 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
     if evaluate is not None and not stop:
         last = {**last, **evaluate_ema(evaluate, parts, gen_params, ema, cfg.iterations, logger, dist)}
     logger.close()
+    dist.barrier()  # return on every rank once rank 0 has written the last checkpoint
     return last
 
 

@@ -29,11 +29,11 @@ class MetricsLogger:
         if not enabled:
             return
         if resume_step is not None and self.path.exists():
-            # Drop records of steps after the checkpoint we resume from (they will be recomputed) and a last line
-            # cut short by a kill.
+            # Drop records of the steps after the checkpoint we resume from (they are recomputed; those of its own
+            # step stay: that step is in the checkpoint), and a last line cut short by a kill.
             records = [(line, _parse(line)) for line in self.path.read_text(encoding="utf-8").splitlines()]
             kept = [line for line, record in records
-                    if record is not None and not (record.get("stage") == stage and record.get("step", -1) >= resume_step)]
+                    if record is not None and not (record.get("stage") == stage and record.get("step", -1) > resume_step)]
             self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         self._file = open(self.path, "a", encoding="utf-8")
         if tensorboard:

@@ -143,9 +143,9 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
             metrics["reward/total"] = rewards.total(global_scores).mean().item()
             metrics["trained_steps"] = "".join(map(str, trained))
             if not guard.record("reward", guard.finite(torch.stack(list(global_scores.values())).sum(0))):
-                guard.check(lambda: save(it + 1))
                 if end_of_iteration(it + 1, metrics):
                     break
+                guard.check(lambda: save(it + 1))
                 continue
 
             # Fake-score update on the final samples at s = 0 (5.7).
@@ -192,9 +192,9 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
                 metrics.update({f"loss/{k}": v for k, v in parts_sum.items()})
             else:
                 optimizers["generator"].zero_grad(set_to_none=True)
-            guard.check(lambda: save(it + 1))
             if end_of_iteration(it + 1, metrics):
                 break
+            guard.check(lambda: save(it + 1))  # too many non-finite updates in a row: checkpoint, then stop
     if evaluate is not None and not stop:
         last = {**last, **evaluate_ema(evaluate, parts, gen_params, ema, cfg.iterations, logger, dist)}
     logger.close()

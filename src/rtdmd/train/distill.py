@@ -126,7 +126,6 @@ def run(config: Config, run_dir: str | Path, *, resume: bool = False, evaluate=N
                     ema.update(gen_params)
                 else:
                     optimizers["generator"].zero_grad(set_to_none=True)
-            guard.check(lambda: save(it + 1))
 
             step = it + 1
             stopping = stop.agreed(dist)  # every rank stops after the same iteration
@@ -143,6 +142,7 @@ def run(config: Config, run_dir: str | Path, *, resume: bool = False, evaluate=N
             if stopping:
                 last = stopped(stop, step, last, logger, dist)
                 break
+            guard.check(lambda: save(step))  # too many non-finite updates in a row: checkpoint, then stop
     if evaluate is not None and not stop:
         last = {**last, **evaluate_ema(evaluate, parts, gen_params, ema, cfg.iterations, logger, dist)}
     logger.close()

@@ -12,14 +12,14 @@ the same runs move the weights by more than 1e-3 (checked, so the comparison has
 
 import json
 import shutil
+import signal
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from rtdmd.train import align, distill
 from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint
-from tests.train.dist_worker import config
+from tests.train.dist_worker import train
 from tests.train.multiprocess import Job
 
 ATOL, RTOL = 1e-6, 1e-5
@@ -38,8 +38,8 @@ def two(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one(tmp_path_factory):
     out = tmp_path_factory.mktemp("one_process")
-    distill.run(config(), out / "s1")
-    align.run(config(), out / "s2", out / "s1")
+    train("s1", out=out / "s1")
+    train("s2", out=out / "s2", start=out / "s1")
     return out
 
 
@@ -68,7 +68,7 @@ def metrics(run_dir):
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_parameters_identical_on_every_rank(two, strategy):
     saved = sorted((two / "saved").glob(f"{strategy}_*_rank0.safetensors"))
-    assert len(saved) == 6  # s1, s2, and the two halves of s1_split and s2_split
+    assert len(saved) == 8  # s1, s2, the two halves of s1_split and s2_split, s1_nan, s1_term
     for rank0 in saved:
         a, b = load_file(rank0), load_file(str(rank0).replace("_rank0", "_rank1"))
         assert a.keys() == b.keys() and any(k.startswith("optim_generator/") for k in a)
@@ -84,9 +84,15 @@ def test_two_processes_equal_one(two, one, strategy, stage):
     assert state["world_size"] == 2 and state["step"] == (6 if stage == "s1" else 4)
     assert_close(a, b)
     assert movement(b, stage) > 1e-3
-    # The logged metrics are global means too (losses, gradient norms, rewards, advantages).
-    logged_a, logged_b = metrics(two / strategy / stage), metrics(one / stage)
+    # The logged metrics are global means too (losses, gradient norms, rewards, advantages), and the evaluations
+    # of the EMA generator during training agree.
+    assert_same_metrics(two / strategy / stage, one / stage)
+
+
+def assert_same_metrics(run_a, run_b):
+    logged_a, logged_b = metrics(run_a), metrics(run_b)
     assert [r["step"] for r in logged_a] == [r["step"] for r in logged_b]
+    assert any(k.startswith("eval/") for r in logged_b for k in r)
     for ra, rb in zip(logged_a, logged_b):
         assert ra.keys() == rb.keys()
         for key, value in rb.items():
@@ -94,9 +100,19 @@ def test_two_processes_equal_one(two, one, strategy, stage):
                 assert ra[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (ra["step"], key)
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", (*STAGES, "s1_nan"))
 def test_fsdp_equals_ddp(two, stage):
     assert_close(final(two / "fsdp" / stage)[0], final(two / "ddp" / stage)[0])
+    assert_same_metrics(two / "fsdp" / stage, two / "ddp" / stage)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_nan_loss_is_skipped_on_every_rank(two, strategy):
+    tensors, state = final(two / strategy / "s1_nan")
+    assert state["skipped_steps"] == 1
+    steps = {float(v) for k, v in tensors.items() if k.startswith("optim_generator/") and k.endswith("/step")}
+    assert steps == {2.0}  # 3 generator updates, the second skipped
+    assert all(torch.isfinite(v).all() for v in tensors.values())
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -117,7 +133,7 @@ def test_checkpoint_of_two_processes_resumes_on_one(two, one, tmp_path):
     half, state = final(run)
     assert state["step"] == 3 and state["world_size"] == 2
     assert all(half[k].shape == v.shape for k, v in final(one / "s1")[0].items())
-    distill.run(config(), run, resume=True)
+    train("s1", out=run, resume=True)
     assert_close(final(run)[0], final(one / "s1")[0])
 
 
@@ -129,7 +145,7 @@ def draws(two, rank, run):
 def test_stage1_stops_shared_noise_distinct(two, strategy):
     for run in (f"{strategy}/s1", f"{strategy}/s1_split"):
         rank0, rank1 = draws(two, 0, run), draws(two, 1, run)
-        assert len(rank0) == len(rank1) == 9  # 6 fake-score + 3 generator rollouts
+        assert len(rank0) == len(rank1) == 9  # 6 fake-score + 3 generator rollouts (evaluation samples elsewhere)
         assert [d["stop"] for d in rank0] == [d["stop"] for d in rank1]
         assert len({d["stop"] for d in rank0}) > 1  # the random stop varies between iterations
         for d0, d1 in zip(rank0, rank1):
@@ -156,3 +172,17 @@ def test_stage2_subsets_agree_and_group_noise_is_shared(two, strategy):
             else:
                 assert torch.equal(same, group[:, None] == group[None, :]), step  # one noise per group
     assert len(subsets) > 1  # the subset changes between iterations
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_sigterm_to_one_rank_stops_both_after_the_same_iteration(two, strategy):
+    run = two / strategy / "s1_term"
+    # Both ranks report the stop (rank 0 received nothing itself), after iteration 3, with one checkpoint of it.
+    assert [json.loads((run / f"stopped_rank{r}.json").read_text()) for r in (0, 1)] == [signal.SIGTERM] * 2
+    tensors, state = final(run)
+    assert state["step"] == 3 and latest_checkpoint(run / "checkpoints").name == "step_00000003"
+    assert metrics(run)[-1] == {"stage": "distill", "step": 3, "stopped_by_signal": "SIGTERM"}
+    # ... and up to there it is the uninterrupted run: same draws, so the same first 3 steps as s1_split's half.
+    half, _ = final(two / strategy / "s1_half")
+    for key in tensors:
+        assert torch.equal(tensors[key], half[key]), key

@@ -24,7 +24,7 @@ from rtdmd.train.ema import EMA
 from rtdmd.train.logging import MetricsLogger
 from rtdmd.train.monitor import NonFiniteGuard
 from rtdmd.train.optim import build_optimizer, clip_and_step
-from rtdmd.train.parallel import distribute, init_distributed
+from rtdmd.train.parallel import distribute, init_distributed, reshard
 from rtdmd.train.runs import build_components, prepare_run_dir, stage_fingerprint
 from rtdmd.train.signals import stop_on_signals
 from rtdmd.rng import Streams
@@ -165,7 +165,9 @@ def evaluate_ema(evaluate, parts, gen_params, ema, step, logger, dist) -> dict:
     result = {}
     if dist.is_main or dist.sharded:
         with ema.applied(gen_params):
+            reshard(parts.backbone)  # FSDP: forward with the EMA shards, not with gathered training weights
             result = evaluate(parts, step)
+        reshard(parts.backbone)  # ... and train on with the restored shards
     if dist.is_main:
         logger.log(step, {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
     dist.barrier()

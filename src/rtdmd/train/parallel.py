@@ -212,6 +212,25 @@ def shard_backbone(backbone, roles: list[str], d: Dist) -> None:
         raise RuntimeError(f"fsdp_units() of {type(backbone).__name__} do not cover the trainable tensor {unsharded[0]}")
 
 
+def reshard(backbone) -> None:
+    """Free the gathered parameters of the backbone's FSDP modules (a local operation; a no-op without FSDP).
+
+    FSDP keeps a root module's parameters gathered from its forward until the end of the next backward, and
+    while they are gathered the module holds those gathered copies: ``backbone.trainable(role)`` returns them
+    instead of the shards, and an in-place change of the shards outside a training step (loading the EMA
+    weights) is not seen by the next forward. Call this before either."""
+    units = getattr(backbone, "fsdp_units", None)
+    if units is None:
+        return
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return
+    for module in units():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def is_sharded(t: Tensor) -> bool:
     try:
         from torch.distributed.tensor import DTensor

@@ -19,7 +19,7 @@ from torch import Tensor
 from rtdmd.train.checkpoint import save_checkpoint
 from rtdmd.train.ema import EMA
 from rtdmd.train.optim import load_optimizer_tensors, optimizer_tensors
-from rtdmd.train.parallel import full_tensor
+from rtdmd.train.parallel import full_tensor, reshard
 from rtdmd.train.runs import load_into, role_tensors
 
 
@@ -30,6 +30,7 @@ def prefixed(prefix: str, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def training_tensors(backbone, ema: EMA, optimizers: Mapping[str, torch.optim.Optimizer],
                      extra: Mapping[str, Mapping[str, Tensor]] = {}) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
+    reshard(backbone)  # so that trainable() returns the FSDP shards, not a root's gathered copies
     for role, optimizer in optimizers.items():
         params = backbone.trainable(role)
         out.update(prefixed(role, {k: full_tensor(p) for k, p in params.items()}))

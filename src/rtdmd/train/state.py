@@ -1,10 +1,22 @@
 """What a training checkpoint holds, and how a loop saves and restores it.
 
-Tensors (safetensors): ``generator/*``, ``fake/*`` (trainable tensors), ``ema/*`` (generator EMA),
-``optim_generator/*``, ``optim_fake/*`` (AdamW states), ``stage1_generator/*``, ``stage1_fake/*`` (stage 2
-only: the frozen stage-1 result, so a stage-2 run is self-contained). JSON: stage, step, config fingerprint,
-counters. There is no RNG state: every random draw is a function of (seed, step, sample index), see
-:mod:`rtdmd.rng`.
+Tensors (safetensors, always full tensors: FSDP shards are gathered first, so a checkpoint does not depend on the
+number of processes that wrote it and continues on any other): ``generator/*``, ``fake/*`` (trainable tensors),
+``ema/*`` (generator EMA), ``optim_generator/*``, ``optim_fake/*`` (AdamW moments and step counts),
+``stage1_generator/*``, ``stage1_fake/*`` (stage 2 only: the frozen stage-1 result, so a stage-2 run is
+self-contained). JSON (``state.json``): stage, step, the config fingerprint a resume must match, the number of
+processes that wrote it, ``skipped_steps`` (non-finite updates so far) and, in stage 2, ``updates`` (optimiser
+steps, which schedule the EMA).
+
+"Every RNG stream of every rank" is in it by construction, not by saving generator states: every random number
+of training is a pure function of ``(run.seed, purpose, step, global sample index)`` (:mod:`rtdmd.rng`) -- the
+initial noise, the step noise, SubGRPO's shared noise (keyed by group), the renoising levels; the few shared
+scalars (stage 1's random stop, SubGRPO's subset, the prompt order) come from generators keyed by
+``(seed, purpose, step)``. Rank ``r`` draws the rows of its slice of the global batch, so the step number alone
+restores what every rank draws next, on any number of processes. Likewise the data position is the step: the
+prompts of step ``k`` are drawn from the same keyed streams. Stage 2 keeps no running statistics (advantages are
+normalised within each iteration's global batch), so the counters above are all the rest there is. (Random
+initial weights, e.g. fresh LoRA adapters, are broadcast from rank 0 before training and saved like any weight.)
 """
 
 from __future__ import annotations

@@ -96,10 +96,6 @@ class Dist:
             dist.all_reduce(tensor)
         return tensor
 
-    def any(self, flag: bool) -> bool:
-        """True on every rank when ``flag`` is true on some rank (a collective: call it on all ranks)."""
-        return bool(self.all_reduce_sum(torch.tensor([float(flag)], device=self.device)).item() > 0)
-
     def mean_metrics(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """Float metrics averaged over ranks (each rank's value is a mean over its equal share of the global
         batch, so this is the global mean); other values are kept as they are. A collective."""

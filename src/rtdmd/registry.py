@@ -12,6 +12,7 @@ from rtdmd.errors import ConfigError
 KINDS: dict[str, dict[str, tuple[str, str, str]]] = {
     "world": {
         "gmm": ("rtdmd.worlds.gmm", "GMMWorldConfig", "build"),
+        "shapes": ("rtdmd.worlds.shapes", "ShapesWorldConfig", "build"),
     },
     "backbone": {
         "mlp": ("rtdmd.backbones.mlp", "MLPBackboneConfig", "build"),
@@ -20,6 +21,9 @@ KINDS: dict[str, dict[str, tuple[str, str, str]]] = {
         "linear": ("rtdmd.rewards.analytic", "LinearConfig", "build_linear"),
         "quadratic": ("rtdmd.rewards.analytic", "QuadraticConfig", "build_quadratic"),
         "region": ("rtdmd.rewards.analytic", "RegionConfig", "build_region"),
+        "shapes_clip": ("rtdmd.worlds.shapes.rewards", "ShapesCLIPConfig", "build_clip"),
+        "shapes_pref": ("rtdmd.worlds.shapes.rewards", "ShapesPrefConfig", "build_pref"),
+        "shapes_oracle": ("rtdmd.worlds.shapes.rewards", "ShapesOracleConfig", "build_oracle"),
     },
 }
 

@@ -55,8 +55,10 @@ def encode_all(pipe, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def sample_teacher(transformer, embeds, pooled, null_embeds, null_pooled, steps: int, cfg: float,
-                   generators: list[torch.Generator]) -> torch.Tensor:
-    """Euler ODE (diffusers' flow-match scheduler at ``teacher.SHIFT``) with batched CFG; images in [0, 1]."""
+                   generators: list[torch.Generator], sigmas: torch.Tensor | None = None) -> torch.Tensor:
+    """Euler ODE with batched CFG, initial noise drawn per sample as the pipeline does; images in [0, 1].
+    ``sigmas`` default: ``steps`` levels evenly spaced from 1 to 1/steps at ``teacher.SHIFT`` (the training-time
+    evaluation); :func:`pipeline_sigmas` gives the stock pipeline's own grid."""
     n = embeds.shape[0]
     x = torch.stack([torch.randn(3, render.IMAGE_SIZE, render.IMAGE_SIZE, generator=g) for g in generators])
     context = torch.cat([null_embeds.expand(n, -1, -1), embeds])
@@ -68,8 +70,18 @@ def sample_teacher(transformer, embeds, pooled, null_embeds, null_pooled, steps:
         v_null, v_cond = v.chunk(2)
         return v_null + cfg * (v_cond - v_null)
 
-    x = sample_cps(velocity, x, uniform_sigmas(steps, shift=teacher.SHIFT), 0.0)
+    sigmas = uniform_sigmas(steps, shift=teacher.SHIFT) if sigmas is None else sigmas
+    x = sample_cps(velocity, x, sigmas, 0.0)
     return ((x + 1) / 2).clamp(0, 1)
+
+
+def pipeline_sigmas(steps: int, shift: float) -> torch.Tensor:
+    """The levels ``StableDiffusion3Pipeline`` walks for ``steps`` steps with a scheduler of this ``shift``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    scheduler.set_timesteps(steps)
+    return scheduler.sigmas.float()
 
 
 def eval_set(records: list[dict], per_tag: int) -> list[tuple[dict, int]]:
@@ -81,13 +93,13 @@ def eval_set(records: list[dict], per_tag: int) -> list[tuple[dict, int]]:
     return out
 
 
-def evaluate_teacher(transformer, index, embeds, pooled, items, steps, cfg, batch=64) -> dict[str, float]:
+def evaluate_teacher(transformer, index, embeds, pooled, items, steps, cfg, batch=64, sigmas=None) -> dict[str, float]:
     correct, tags = [], []
     for start in range(0, len(items), batch):
         chunk = items[start:start + batch]
         rows = torch.tensor([index[r["prompt"]] for r, _ in chunk])
         images = sample_teacher(transformer, embeds[rows], pooled[rows], embeds[-1:], pooled[-1:], steps, cfg,
-                                [torch.Generator().manual_seed(s) for _, s in chunk])
+                                [torch.Generator().manual_seed(s) for _, s in chunk], sigmas)
         correct += oracle.score(images.numpy(), [r for r, _ in chunk]).tolist()
         tags += [r["tag"] for r, _ in chunk]
     return oracle.accuracy(correct, tags)
@@ -192,21 +204,64 @@ def satisfied(images: np.ndarray, records: list[dict]) -> np.ndarray:
     return np.array([[oracle.check(b, r) for r in records] for b in blobs])
 
 
-def train_clip(args, out: Path) -> None:
+def reward_data(args, out: Path, records: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fixed training set for both reward models: augmented renders of tag-uniform prompts, half of them
+    drawn for a near-miss prompt of the same tag, plus teacher samples; with ``(N, 90)`` oracle verdicts
+    against every prompt of the grammar and the index of the prompt each image was made for."""
+    rng = np.random.default_rng(args.seed + 1)
+    asked = prompts.sample_records(rng, args.reward_images, records)
+    drawn = [r if rng.random() < 0.5 else near_miss(r, records, rng) for r in asked]
+    images = augment(render.render_batch(drawn, rng), rng)
+    made_for = [records.index(r) for r in asked]
+    if args.teacher_samples:
+        samples, chosen = teacher_samples(out, args.teacher_samples, args.seed)
+        images = np.concatenate([images, augment(samples, rng)])
+        made_for += [records.index(r) for r in chosen]
+    return images, satisfied(images, records), np.asarray(made_for)
+
+
+def near_miss(record: dict, records: list[dict], rng: np.random.Generator) -> dict:
+    """Another prompt of the same tag (a different colour, count, shape or relation)."""
+    pool = [r for r in records if r["tag"] == record["tag"]]
+    return pool[rng.integers(len(pool))]
+
+
+def teacher_samples(out: Path, n: int, seed: int) -> tuple[np.ndarray, list[dict]]:
+    """``n`` images of the trained teacher (20 Euler steps, CFG 4) for tag-uniform grammar prompts."""
+    pipe = teacher.load_pipeline(out / "teacher")
     records = prompts.grammar()
     texts = [r["prompt"] for r in records]
+    embeds, pooled = encode_all(pipe, texts + [""])
+    rng = np.random.default_rng(seed + 3)
+    chosen = prompts.sample_records(rng, n, records)
+    rows = torch.tensor([texts.index(r["prompt"]) for r in chosen])
+    images = []
+    for start in range(0, n, 64):
+        part = rows[start:start + 64]
+        gens = [torch.Generator().manual_seed(seed * 100_000 + start + j) for j in range(len(part))]
+        images.append(sample_teacher(pipe.transformer, embeds[part], pooled[part], embeds[-1:], pooled[-1:], 20, 4.0, gens))
+    return torch.cat(images).numpy(), chosen
+
+
+def train_clip(args, out: Path, data) -> None:
+    """Image -> text cross-entropy over the whole grammar, with soft targets spread evenly over every prompt
+    the image satisfies (an image of "a red circle" is also "a circle" and "one circle")."""
+    images, verdicts, _ = data
+    records = prompts.grammar()
+    texts = [r["prompt"] for r in records]
+    keep = verdicts.any(1)  # images satisfying no prompt (broken silhouettes) have no target
+    images, verdicts = torch.from_numpy(images[keep]), torch.from_numpy(verdicts[keep]).float()
+    targets = verdicts / verdicts.sum(1, keepdim=True)
     torch.manual_seed(args.seed)
     model = nets.ShapesCLIP(prompts.vocabulary())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    rng = np.random.default_rng(args.seed + 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(args.seed + 4)
     start = time.time()
     for step in range(1, args.clip_steps + 1):
-        batch = prompts.sample_records(rng, args.reward_batch, records)
-        images = augment(render.render_batch(batch, rng), rng)
-        target = torch.from_numpy(satisfied(images, records)).float()
-        target = target / target.sum(1, keepdim=True).clamp_min(1)
-        logits = model.log_scale.exp().clamp(max=100) * model.embed_image(torch.from_numpy(images)) @ model.embed_text(texts).T
-        loss = -(target * logits.log_softmax(-1)).sum(1).mean()
+        rows = torch.randint(len(images), (args.reward_batch,), generator=gen)
+        scale = model.log_scale.exp().clamp(max=100)
+        logits = scale * model.embed_image(images[rows]) @ model.embed_text(texts).T
+        loss = -(targets[rows] * logits.log_softmax(-1)).sum(1).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -216,69 +271,85 @@ def train_clip(args, out: Path) -> None:
     nets.save(model, out / "rewards" / "clip.safetensors")
 
 
-def near_miss(record: dict, records: list[dict], rng: np.random.Generator) -> dict:
-    """Another prompt of the same tag (a different colour, count, shape or relation) half the time, else any."""
-    pool = [r for r in records if r["tag"] == record["tag"]] if rng.random() < 0.5 else records
-    return pool[rng.integers(len(pool))]
-
-
-def pref_batch(records, rng, n, teacher_pool=None):
-    """Images, prompts and the oracle's verdicts; half the pairs are (image, its own prompt)."""
-    prompts_out, metas, images = [], [], []
-    for _ in range(n):
-        asked = prompts.sample_records(rng, 1, records)[0]
-        if teacher_pool is not None and rng.random() < 0.3:
-            image, drawn = teacher_pool[rng.integers(len(teacher_pool))]
-            if rng.random() < 0.5:
-                asked = drawn
-        else:
-            drawn = asked if rng.random() < 0.5 else near_miss(asked, records, rng)
-            image = render.draw(render.sample_layout(drawn, rng))
-        images.append(image)
-        prompts_out.append(asked["prompt"])
-        metas.append(asked)
-    images = augment(np.stack(images), rng)
-    return images, prompts_out, oracle.score(images, metas)
-
-
-def teacher_samples(out: Path, n: int, seed: int) -> list[tuple[np.ndarray, dict]]:
-    """``n`` images of the shipped teacher (20 Euler steps, CFG 4) for grammar prompts, with their prompts."""
-    pipe = teacher.load_pipeline(out / "teacher")
+def train_pref(args, out: Path, data) -> None:
+    """Binary cross-entropy on the oracle's verdict for (image, prompt) pairs: the prompt the image was made
+    for half the time, else a near-miss of the same tag or any prompt."""
+    images, verdicts, made_for = data
     records = prompts.grammar()
     texts = [r["prompt"] for r in records]
-    embeds, pooled = encode_all(pipe, texts + [""])
-    rng = np.random.default_rng(seed)
-    chosen = prompts.sample_records(rng, n, records)
-    rows = torch.tensor([texts.index(r["prompt"]) for r in chosen])
-    images = []
-    for start in range(0, n, 64):
-        part = rows[start:start + 64]
-        gens = [torch.Generator().manual_seed(seed * 100_000 + start + j) for j in range(len(part))]
-        images.append(sample_teacher(pipe.transformer, embeds[part], pooled[part], embeds[-1:], pooled[-1:], 20, 4.0, gens))
-    return list(zip(torch.cat(images).numpy(), chosen))
-
-
-def train_pref(args, out: Path) -> None:
-    records = prompts.grammar()
-    pool = teacher_samples(out, args.pref_teacher_samples, args.seed) if args.pref_teacher_samples else None
+    same_tag = [[j for j, q in enumerate(records) if q["tag"] == r["tag"]] for r in records]
+    images = torch.from_numpy(images)
     torch.manual_seed(args.seed)
     model = nets.ShapesPref(prompts.vocabulary())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     rng = np.random.default_rng(args.seed + 2)
     start = time.time()
     for step in range(1, args.pref_steps + 1):
-        images, texts, verdict = pref_batch(records, rng, args.reward_batch, pool)
-        logits = model(torch.from_numpy(images), texts)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(verdict).float())
+        rows = rng.integers(len(images), size=args.reward_batch)
+        choice = rng.random(args.reward_batch)
+        asked = [int(made_for[i]) if c < 0.5 else
+                 (same_tag[made_for[i]][rng.integers(len(same_tag[made_for[i]]))] if c < 0.8 else rng.integers(len(records)))
+                 for i, c in zip(rows, choice)]
+        label = torch.from_numpy(verdicts[rows, asked]).float()
+        logits = model(images[rows], [texts[j] for j in asked])
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, label)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if step % 100 == 0:
-            acc = ((logits > 0).numpy() == verdict).mean()
-            log(phase="pref", step=step, loss=round(loss.item(), 4), acc=round(float(acc), 3),
-                positives=round(float(verdict.mean()), 3), minutes=round((time.time() - start) / 60, 2))
+            acc = ((logits > 0).float() == label).float().mean().item()
+            log(phase="pref", step=step, loss=round(loss.item(), 4), acc=round(acc, 3),
+                positives=round(label.mean().item(), 3), minutes=round((time.time() - start) / 60, 2))
     (out / "rewards").mkdir(parents=True, exist_ok=True)
     nets.save(model, out / "rewards" / "pref.safetensors")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Measurement of the shipped teacher
+
+
+def measure(args, out: Path) -> None:
+    """Choose the sampling shift and CFG scale on train-split prompts (28 steps), write the shift into the
+    folder's scheduler config, then measure per-tag oracle accuracy on the held-out prompts with the stock
+    pipeline at 28 and 50 steps (and naive 4-step sampling) into ``teacher_metrics.json``."""
+    folder = out / "teacher"
+    pipe = teacher.load_pipeline(folder)
+    pipe.set_progress_bar_config(disable=True)
+    records = prompts.grammar()
+    texts = [r["prompt"] for r in records]
+    index = {t: i for i, t in enumerate(texts)}
+    embeds, pooled = encode_all(pipe, texts + [""])
+    split = prompts.split(records)
+    tune_items = eval_set(split["train"], args.measure_per_tag)
+    grid = {}
+    for shift in args.shifts:
+        for cfg in args.cfgs:
+            acc = evaluate_teacher(pipe.transformer, index, embeds, pooled, tune_items, 28, cfg,
+                                   sigmas=pipeline_sigmas(28, shift))
+            grid[f"shift={shift},cfg={cfg}"] = acc
+            log(phase="measure_tune", shift=shift, cfg=cfg, **{k: round(v, 3) for k, v in acc.items()})
+    best = max(grid, key=lambda k: grid[k]["overall"])
+    shift, cfg = (float(part.split("=")[1]) for part in best.split(","))
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_file.read_text())
+    config["shift"] = shift
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    pipe = teacher.load_pipeline(folder)
+    pipe.set_progress_bar_config(disable=True)
+    held_out = [(r, 20_000 + k) for r in split["eval"] for k in range(args.measure_seeds)]
+    results = {"shift": shift, "cfg": cfg, "tuning": grid}
+    for steps in (28, 50, 4):
+        correct = []
+        for start in range(0, len(held_out), 64):
+            chunk = held_out[start:start + 64]
+            latents = pipe([r["prompt"] for r, _ in chunk], num_inference_steps=steps, guidance_scale=cfg,
+                           output_type="latent", max_sequence_length=teacher.MAX_SEQUENCE_LENGTH,
+                           generator=[torch.Generator().manual_seed(s) for _, s in chunk]).images
+            correct += oracle.score(((latents + 1) / 2).clamp(0, 1).numpy(), [r for r, _ in chunk]).tolist()
+        acc = oracle.accuracy(correct, [r["tag"] for r, _ in held_out])
+        results[f"eval_{steps}_steps"] = acc
+        log(phase="measure", steps=steps, cfg=cfg, shift=shift, **{k: round(v, 3) for k, v in acc.items()})
+    (out / "teacher_metrics.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -292,7 +363,7 @@ def write_prompt_files(out: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "src/rtdmd/assets/shapes")
-    p.add_argument("--phase", choices=["all", "prompts", "teacher", "rewards"], default="all")
+    p.add_argument("--phase", choices=["all", "prompts", "teacher", "measure", "rewards"], default="all")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=4800)
@@ -305,22 +376,30 @@ def main(argv=None) -> int:
     p.add_argument("--eval-per-tag", type=int, default=12)
     p.add_argument("--eval-steps", type=int, default=20)
     p.add_argument("--eval-cfg", type=float, default=4.0)
-    p.add_argument("--clip-steps", type=int, default=1500)
-    p.add_argument("--pref-steps", type=int, default=2000)
-    p.add_argument("--reward-batch", type=int, default=128)
-    p.add_argument("--pref-teacher-samples", type=int, default=512)
+    p.add_argument("--shifts", type=float, nargs="+", default=[1.0, 3.0])
+    p.add_argument("--cfgs", type=float, nargs="+", default=[3.0, 5.0, 7.0])
+    p.add_argument("--measure-per-tag", type=int, default=16)
+    p.add_argument("--measure-seeds", type=int, default=4)
+    p.add_argument("--reward-images", type=int, default=12000)
+    p.add_argument("--teacher-samples", type=int, default=256)
+    p.add_argument("--clip-steps", type=int, default=3000)
+    p.add_argument("--pref-steps", type=int, default=3000)
+    p.add_argument("--reward-batch", type=int, default=64)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     log(phase="start", args={k: str(v) for k, v in vars(args).items()})
-    if args.phase in ("all", "prompts", "teacher", "rewards"):
-        write_prompt_files(args.out)
+    write_prompt_files(args.out)
     if args.phase in ("all", "teacher"):
         train_teacher(args, args.out)
+    if args.phase in ("all", "measure"):
+        measure(args, args.out)
     if args.phase in ("all", "rewards"):
-        train_clip(args, args.out)
-        train_pref(args, args.out)
+        data = reward_data(args, args.out, prompts.grammar())
+        log(phase="reward_data", images=len(data[0]), minutes=round((time.time() - start) / 60, 2))
+        train_clip(args, args.out, data)
+        train_pref(args, args.out, data)
     log(phase="done", minutes=round((time.time() - start) / 60, 2))
     return 0
 

@@ -39,16 +39,15 @@ class WordTokenizer:
 
 
 class ImageEncoder(nn.Module):
-    """``(B, 3, 32, 32)`` in [0, 1] -> ``(B, dim)``; the last feature map is flattened, not pooled, so that
-    where things are (the position tag) survives."""
+    """``(B, 3, 32, 32)`` in [0, 1] -> ``(B, dim)``. Three strided convolutions (32 -> 16 -> 8 -> 4); the last
+    feature map is flattened, not pooled, so that where things are (the position tag) survives."""
 
     def __init__(self, dim: int = 64, width: int = 32):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(3, w, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.SiLU(),  # 16x16
-            nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1), nn.SiLU(),  # 8x8
+            nn.Conv2d(3, w, 4, stride=2, padding=1), nn.SiLU(),  # 16x16
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.SiLU(),  # 8x8
             nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1), nn.SiLU(),  # 4x4
         )
         self.head = nn.Linear(2 * w * 16, dim)

@@ -95,10 +95,13 @@ def new_pipeline(seed: int = 0):
         text_encoder_3=None, tokenizer_3=None)
 
 
-def load_pipeline(folder: str | Path, device="cpu", dtype=None):
-    """The stock ``StableDiffusion3Pipeline.from_pretrained`` on the shipped folder (no remote code)."""
-    import torch
+def load_pipeline(folder: str | Path, device="cpu"):
+    """The stock ``StableDiffusion3Pipeline.from_pretrained`` on a teacher folder (no remote code).
+
+    The null components must be passed as ``None``: diffusers drops ``[null, null]`` entries of
+    ``model_index.json`` and then refuses to build a pipeline whose non-optional components (``vae``,
+    ``text_encoder_3``, ``tokenizer_3``) are missing ("expected [...] but only {...} were passed")."""
     from diffusers import StableDiffusion3Pipeline
 
-    pipe = StableDiffusion3Pipeline.from_pretrained(str(folder), torch_dtype=dtype or torch.float32)
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(folder), vae=None, text_encoder_3=None, tokenizer_3=None)
     return pipe.to(device)

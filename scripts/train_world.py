@@ -377,7 +377,7 @@ def main(argv=None) -> int:
     p.add_argument("--eval-steps", type=int, default=20)
     p.add_argument("--eval-cfg", type=float, default=4.0)
     p.add_argument("--shifts", type=float, nargs="+", default=[1.0, 3.0])
-    p.add_argument("--cfgs", type=float, nargs="+", default=[3.0, 5.0, 7.0])
+    p.add_argument("--cfgs", type=float, nargs="+", default=[2.0, 3.0, 4.5])
     p.add_argument("--measure-per-tag", type=int, default=16)
     p.add_argument("--measure-seeds", type=int, default=4)
     p.add_argument("--reward-images", type=int, default=12000)

@@ -72,10 +72,11 @@ def test_pipeline_equals_a_hand_written_euler_cfg_sampler(pipe):
 
 
 def test_teacher_draws_single_coloured_objects(pipe):
-    """A quality floor on the easiest tag (the measured per-tag accuracies are in assets/shapes/README.md)."""
-    records = [r for r in prompts.grammar() if r["tag"] == "colors"]
-    latents = pipe([r["prompt"] for r in records], num_inference_steps=28, guidance_scale=5.0, output_type="latent",
+    """A quality floor on an easy tag at the measured CFG (all per-tag accuracies: assets/shapes/README.md)."""
+    cfg = json.loads((ASSETS / "teacher_metrics.json").read_text())["cfg"]
+    records = [r for r in prompts.grammar() if r["tag"] == "colors"] * 2
+    latents = pipe([r["prompt"] for r in records], num_inference_steps=28, guidance_scale=cfg, output_type="latent",
                    max_sequence_length=teacher.MAX_SEQUENCE_LENGTH,
                    generator=[torch.Generator().manual_seed(i) for i in range(len(records))]).images
     correct = oracle.score(((latents + 1) / 2).clamp(0, 1).numpy(), records)
-    assert np.mean(correct) >= 0.3
+    assert np.mean(correct) >= 0.4

@@ -68,3 +68,12 @@ def test_teacher_location_for_the_backbone():
     world = _world()
     assert (world.teacher_path / "model_index.json").is_file()
     assert world.max_sequence_length == 1 and world.image_size == 32
+
+
+def test_teacher_guidance_is_the_measured_one():
+    import json
+
+    world = _world()
+    metrics = json.loads((world.teacher_path.parent / "teacher_metrics.json").read_text())
+    assert world.teacher_guidance == metrics["cfg"] > 1
+    assert _world(teacher=str(world.teacher_path)).teacher_guidance is None

@@ -12,12 +12,13 @@ The world's contract with trainers and the demo:
   ``("train", "eval")``; ``eval`` is held out (a third of every tag).
 - ``evaluate(images, prompt_set)`` -> flat ``dict[str, float]``: oracle accuracy (``accuracy`` = mean of the
   per-tag accuracies ``accuracy/<tag>``), image statistics and within-prompt diversity.
-- ``teacher_path`` / ``max_sequence_length`` / ``image_size``: what an SD3 backbone needs to load the teacher.
+- ``teacher_path`` / ``max_sequence_length`` / ``image_size`` / ``teacher_guidance``: what an SD3 backbone needs
+  to load and sample the teacher (the guidance scale is the one the measurement phase of
+  ``scripts/train_world.py`` chose, read from ``teacher_metrics.json`` beside the shipped teacher).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -62,6 +63,16 @@ class ShapesWorld:
                        "eval": cfg.eval_prompts or ASSETS / "eval.jsonl"}
         self._cache: dict[str, PromptSet] = {}
 
+    @property
+    def teacher_guidance(self) -> float | None:
+        """The CFG scale measured best for the shipped teacher (None for a teacher without metrics)."""
+        import json
+
+        metrics = self.teacher_path.parent / "teacher_metrics.json"
+        if self.cfg.teacher or not metrics.is_file():
+            return None
+        return float(json.loads(metrics.read_text())["cfg"])
+
     def prompts(self, split: str) -> PromptSet:
         if split not in SPLITS:
             raise UserError(f"unknown prompt split {split!r} of the shapes world: use 'train' or 'eval'")
@@ -103,8 +114,3 @@ def _as_numpy(images) -> np.ndarray:
 
 def build(cfg: ShapesWorldConfig) -> ShapesWorld:
     return ShapesWorld(cfg)
-
-
-def metadata_of(record: Mapping) -> dict:
-    """The metadata part of a prompt record (everything but ``prompt``)."""
-    return {k: v for k, v in record.items() if k != "prompt"}

@@ -14,6 +14,16 @@ FOLDER = ASSETS / "teacher"
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The tiny teacher's ops are too small to gain from intra-op threads, and on a shared CPU two threads
+    wait for each other: measured 4.2 s (1 thread) against 42.6 s (2 threads) for 9 prompts x 28 steps."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def pipe():
     pipe = teacher.load_pipeline(FOLDER)
@@ -74,9 +84,9 @@ def test_pipeline_equals_a_hand_written_euler_cfg_sampler(pipe):
 def test_teacher_draws_single_coloured_objects(pipe):
     """A quality floor on an easy tag at the measured CFG (all per-tag accuracies: assets/shapes/README.md)."""
     cfg = json.loads((ASSETS / "teacher_metrics.json").read_text())["cfg"]
-    records = [r for r in prompts.grammar() if r["tag"] == "colors"] * 2
+    records = [r for r in prompts.grammar() if r["tag"] == "colors"]
     latents = pipe([r["prompt"] for r in records], num_inference_steps=28, guidance_scale=cfg, output_type="latent",
                    max_sequence_length=teacher.MAX_SEQUENCE_LENGTH,
                    generator=[torch.Generator().manual_seed(i) for i in range(len(records))]).images
     correct = oracle.score(((latents + 1) / 2).clamp(0, 1).numpy(), records)
-    assert np.mean(correct) >= 0.4
+    assert np.mean(correct) >= 0.5  # measured on held-out prompts: 1.0

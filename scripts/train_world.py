@@ -1,6 +1,6 @@
 """Train the shapes world's teacher and reward models from scratch and write the shipped assets.
 
-    nice -n 10 python scripts/train_world.py --out src/rtdmd/assets/shapes            # everything (< 60 min)
+    nice -n 10 python scripts/train_world.py --out src/rtdmd/assets/shapes            # everything (~56 min, 1 core)
     python scripts/train_world.py --phase rewards --out src/rtdmd/assets/shapes       # reward models only
 
 Teacher (phase ``teacher``): a tiny ``SD3Transformer2DModel`` in pixel space trained by rectified-flow

@@ -54,6 +54,20 @@ def test_tokenizer_keeps_every_word_whole(pipe):
         assert tok.model_max_length == teacher.TOKENS
 
 
+def test_script_builds_the_shipped_tokenizer(pipe):
+    """scripts/train_world.py reproduces the teacher only if it tokenizes exactly as the shipped folder does."""
+    texts = [r["prompt"] for r in prompts.grammar()] + ["", "an unknown word"]
+    assert teacher.build_tokenizer()(texts).input_ids == pipe.tokenizer(texts).input_ids
+
+
+def test_relearned_bpe_keeps_words_whole():
+    from transformers import CLIPTokenizer
+
+    vocab, merges = teacher.learn_tokenizer_files()
+    tok = CLIPTokenizer(vocab=vocab, merges=merges)
+    assert all(len(tok(word).input_ids) == 3 for word in prompts.vocabulary())
+
+
 def test_stock_pipeline_runs_in_pixel_space(pipe):
     assert pipe.vae is None and pipe.text_encoder_3 is None
     out = pipe("a red circle", num_inference_steps=28, guidance_scale=5.0, output_type="latent",

@@ -35,11 +35,26 @@ teacher's 28-50-step sampler and the generator's 4-step grid [1, .75, .5, .25] a
 TEXT_SEED = 1234  # the frozen random text encoders are a function of this seed
 
 
+BPE_FILE = Path(__file__).resolve().parents[2] / "assets" / "shapes" / "tokenizer_bpe.json"
+
+
 def tokenizer_files() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """BPE vocabulary and merges for the world's words, learned by the ``tokenizers`` BPE trainer on the word
-    list until every word is one token (a trained BPE replays its merges in order, so each training word
-    encodes to itself; hand-written merges do not, because BPE applies them by global rank). Other lower-case
-    text falls back to letters."""
+    """The BPE vocabulary and merges of the world's tokenizers, kept as data in :data:`BPE_FILE`.
+
+    They were learned once by :func:`learn_tokenizer_files`; the ``tokenizers`` BPE trainer breaks ties
+    between equally frequent pairs differently from run to run, so relearning gives other token ids and
+    hence another teacher. Reading them from the file is what makes ``scripts/train_world.py`` reproduce the
+    shipped weights."""
+    import json
+
+    data = json.loads(BPE_FILE.read_text(encoding="utf-8"))
+    return dict(data["vocab"]), [tuple(m) for m in data["merges"]]
+
+
+def learn_tokenizer_files() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """BPE learned by the ``tokenizers`` trainer on the word list until every word is one token (a trained
+    BPE replays its merges in order, so each training word encodes to itself; hand-written merges do not,
+    because BPE applies them by global rank). Other lower-case text falls back to letters."""
     import json
 
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers

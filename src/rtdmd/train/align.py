@@ -144,7 +144,7 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
             ok, parts_sum = True, {}
             for begin in range(0, len(local), micro):
                 rows = slice(begin, begin + micro)
-                loss_parts = generator_losses(backbone, rewards, cfg, config.beta, sigmas, trained,
+                loss_parts, m = generator_losses(backbone, rewards, cfg, config.beta, sigmas, trained,
                                               {k: v[rows] for k, v in cond.items()}, traj.rows(rows),
                                               advantages[rows], texts[rows], meta[rows],
                                               steps.Draw(streams, it, local[rows], tuple(backbone.sample_shape), device))
@@ -153,8 +153,10 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
                     ok = False
                     break
                 (loss.sum() / len(local)).backward()
-                for name, value in loss_parts.items():
-                    parts_sum[name] = parts_sum.get(name, 0.0) + value.sum().item() / len(local)
+                share = len(range(*rows.indices(len(local)))) / len(local)
+                for name, value in [*((f"loss/{k}", v.sum().item() / len(local)) for k, v in loss_parts.items()),
+                                    *((k, v * share) for k, v in m.items())]:
+                    parts_sum[name] = parts_sum.get(name, 0.0) + value
             if ok:
                 guard.consecutive = 0
                 dist.sync_grads(gen_params.values())
@@ -162,7 +164,7 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
                 updates += 1
                 if updates % cfg.ema_every == 0:
                     ema.update(gen_params)
-                metrics.update({f"loss/{k}": v for k, v in parts_sum.items()})
+                metrics.update(parts_sum)
             else:
                 guard.skip()
                 optimizers["generator"].zero_grad(set_to_none=True)
@@ -202,27 +204,29 @@ def group_rollout(backbone, cond, draw: steps.Draw, group_size: int, sigmas, eta
 
 
 def generator_losses(backbone, rewards, cfg, beta: float, sigmas, trained, cond, traj: steps.Trajectory,
-                     advantages, texts, meta, draw: steps.Draw) -> dict[str, torch.Tensor]:
-    """Per-sample terms of the stage-2 generator loss for one micro-batch, already weighted."""
-    out = {}
+                     advantages, texts, meta, draw: steps.Draw) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Per-sample terms of the stage-2 generator loss for one micro-batch, already weighted, and metrics."""
+    out, metrics = {}, {}
     if cfg.policy:
-        loss, _ = steps.policy_loss(backbone, cond, traj, sigmas, cfg.eta, trained, advantages,
+        loss, m = steps.policy_loss(backbone, cond, traj, sigmas, cfg.eta, trained, advantages,
                                     log_prob=cfg.log_prob, clip_range=cfg.ppo_clip, reduction=cfg.policy_reduction)
         out["policy"] = cfg.policy_weight * loss
+        metrics.update(m)
     if not (cfg.dm or cfg.bp):
-        return out
+        return out, metrics
     x_final = steps.final_step(backbone, cond, traj.states[-1], float(sigmas[-2]))
     if cfg.dm:
         x_dm = steps.replay_with_grad(backbone, cond, traj, sigmas, cfg.eta) if cfg.dm_backprop == "full" else x_final
         if cfg.dm_loss == "dmd":
-            loss, _ = steps.generator_dmd_loss(backbone, cond, x_dm, 0.0, draw, eta=cfg.eta, sigma_range=cfg.dm_sigma_range)
+            loss, m = steps.generator_dmd_loss(backbone, cond, x_dm, 0.0, draw, eta=cfg.eta, sigma_range=cfg.dm_sigma_range)
         else:
-            loss, _ = steps.score_dm_loss(backbone, cond, x_dm, draw, cfg.dm_sigma_range or (0.02, 0.98))
+            loss, m = steps.score_dm_loss(backbone, cond, x_dm, draw, cfg.dm_sigma_range or (0.02, 0.98))
         out["dm"] = cfg.dm_weight * loss
+        metrics.update(m)
     differentiable = rewards.differentiable
     if cfg.bp and differentiable:
         images = backbone.decode(x_final)
         r = sum(e.weight * e.bp_scale * e.reward(images, texts, meta) for e in differentiable)
         loss = reward_bp.reward_bp_loss_paper(r, cfg.bp_margin) if cfg.bp_loss == "hinge" else reward_bp.reward_bp_loss_exact(r, beta)
         out["bp"] = cfg.bp_weight * loss
-    return out
+    return out, metrics

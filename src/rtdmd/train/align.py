@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from rtdmd.config import Config
 from rtdmd.errors import ConfigError, UserError
@@ -19,7 +18,7 @@ from rtdmd.train import steps
 from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint
 from rtdmd.train.distill import evaluate_ema
 from rtdmd.train.ema import EMA
-from rtdmd.train.logging import MetricsLogger
+from rtdmd.train.logging import MetricsLogger, progress
 from rtdmd.train.monitor import NonFiniteGuard
 from rtdmd.train.optim import build_optimizer, clip_and_step
 from rtdmd.train.parallel import init_distributed
@@ -93,8 +92,8 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
                           dist.is_main)
 
     last: dict = {}
-    bar = tqdm(range(start, cfg.iterations), desc="stage 2 (RTDMD)", disable=not (config.run.progress and dist.is_main),
-               initial=start, total=cfg.iterations)
+    bar = progress(range(start, cfg.iterations), "stage 2 (RTDMD)", config.run.progress and dist.is_main,
+                   initial=start, total=cfg.iterations)
     with stop_on_signals() as stop:
         for it in bar:
             # Groups: prompts_per_iteration prompts, each K times; sample j belongs to group j // K.

@@ -9,7 +9,13 @@ import sys
 
 from rtdmd.errors import UserError
 
-COMMANDS: list[str] = [
+COMMANDS = [
+    "rtdmd.commands.train",  # distill, align
+    "rtdmd.commands.generate",
+    "rtdmd.commands.evaluate",
+    "rtdmd.commands.demo",
+    "rtdmd.commands.reward_server",
+    "rtdmd.commands.export",
 ]
 
 

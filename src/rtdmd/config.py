@@ -36,8 +36,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "align.dm_weight": 1e-3,
         "align.bp_loss": "hinge",
         "align.bp_weight": 1e-4,
-        "align.subset_correction": False,
-        "align.dm_sigma_range": [0.02, 0.98],
+        "align.policy_reduction": "mean",
         "align.fake_weighting": "min1_10s2",
         "align.dm_backprop": "last_step",
     },
@@ -50,8 +49,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "align.dm_weight": 1.0,
         "align.bp_loss": "linear",
         "align.bp_weight": 1.0,
-        "align.subset_correction": True,
-        "align.dm_sigma_range": [0.02, 0.1],
+        "align.policy_reduction": "unbiased_sum",
+        "align.dm_sigma_range": [0.03, 0.15],
         "align.fake_weighting": "uniform",
         "align.dm_backprop": "full",
     },
@@ -133,11 +132,15 @@ class AlignConfig:
     advantages: Literal["paper", "exact"] | None = None
     advantage_clip: float = 5.0
     ppo_clip: float = 1e-5
-    subset_correction: bool | None = None  # scale the policy term by (#stochastic / subset_size): unbiased
+    # mean: average the surrogate over the trained steps (published); unbiased_sum: sum it and scale by
+    # (#stochastic steps / subset_size), an unbiased estimate of the all-steps score-function gradient.
+    policy_reduction: Literal["mean", "unbiased_sum"] | None = None
     policy_weight: float = 1.0
     dm_loss: Literal["dmd", "score"] | None = None  # normalised DMD at s = 0, or unnormalised score difference
     dm_weight: float | None = None
-    dm_sigma_range: tuple[float, float] | None = None  # renoising levels of the DM term (and fake training)
+    # Levels of the final-step DM term and of the fake score's training: None is the spec's
+    # tau ~ U[10, 1000) clamped to [20, 980]; (lo, hi) draws t ~ U[lo, hi].
+    dm_sigma_range: tuple[float, float] | None = None
     dm_backprop: Literal["last_step", "full"] | None = None  # DM gradient through the last step or all steps
     bp_loss: Literal["hinge", "linear"] | None = None  # hinge: max(0, margin - r); linear: -r / beta
     bp_weight: float | None = None
@@ -190,6 +193,7 @@ class RunConfig:
     wandb_project: str = "rtdmd"
     progress: bool = True
     eval_samples: int = 2000  # samples per prompt for evaluation metrics (vector worlds)
+    eval_every: int = 0  # evaluate the EMA generator every N iterations during training (0: only at the end)
 
 
 @dataclass(frozen=True)

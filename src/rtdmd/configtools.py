@@ -21,9 +21,10 @@ KindResolver = Callable[[str, str], type]
 """``resolver(section, kind) -> config dataclass``; raises ConfigError for an unknown kind."""
 
 
-def suggest(name: str, options) -> str:
+def suggest(name: str, options, prefix: str = "") -> str:
+    """`` (did you mean 'prefix.closest'?)``, or the list of valid options when none is close."""
     close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else f" (valid: {', '.join(sorted(options))})"
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid: {', '.join(sorted(options))})"
 
 
 def _describe(tp) -> str:
@@ -62,6 +63,11 @@ def _coerce(value: Any, tp, path: str, resolver: KindResolver | None) -> Any:
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         return float(value)
@@ -123,7 +129,7 @@ def build(cls, data: Any, path: str = "", resolver: KindResolver | None = None):
     if unknown:
         key = unknown[0]
         where = f"{path}.{key}" if path else key
-        raise ConfigError(f"unknown config key '{where}'{suggest(str(key), fields)}")
+        raise ConfigError(f"unknown config key '{where}'{suggest(str(key), fields, f'{path}.' if path else '')}")
     kwargs = {}
     for name, field in fields.items():
         sub = f"{path}.{name}" if path else name

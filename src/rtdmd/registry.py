@@ -12,15 +12,25 @@ from rtdmd.errors import ConfigError
 KINDS: dict[str, dict[str, tuple[str, str, str]]] = {
     "world": {
         "gmm": ("rtdmd.worlds.gmm", "GMMWorldConfig", "build"),
+        "prompts": ("rtdmd.worlds.prompts", "PromptsWorldConfig", "build"),
         "shapes": ("rtdmd.worlds.shapes", "ShapesWorldConfig", "build"),
     },
     "backbone": {
         "mlp": ("rtdmd.backbones.mlp", "MLPBackboneConfig", "build"),
+        "sd3": ("rtdmd.backbones.sd3", "SD3Config", "build"),
+        "flux1": ("rtdmd.backbones.flux1", "Flux1Config", "build"),
+        "flux2_klein": ("rtdmd.backbones.flux2_klein", "Flux2KleinConfig", "build"),
     },
     "reward": {
         "linear": ("rtdmd.rewards.analytic", "LinearConfig", "build_linear"),
         "quadratic": ("rtdmd.rewards.analytic", "QuadraticConfig", "build_quadratic"),
         "region": ("rtdmd.rewards.analytic", "RegionConfig", "build_region"),
+        "clipscore": ("rtdmd.rewards.clipscore", "ClipScoreConfig", "build_clipscore"),
+        "pickscore": ("rtdmd.rewards.pickscore", "PickScoreConfig", "build_pickscore"),
+        "aesthetic": ("rtdmd.rewards.aesthetic", "AestheticConfig", "build_aesthetic"),
+        "hpsv2": ("rtdmd.rewards.hpsv2", "HPSv2Config", "build_hpsv2"),
+        "compositional": ("rtdmd.rewards.compositional", "CompositionalConfig", "build_compositional"),
+        "remote": ("rtdmd.rewards.remote", "RemoteConfig", "build_remote"),
         "shapes_clip": ("rtdmd.worlds.shapes.rewards", "ShapesCLIPConfig", "build_clip"),
         "shapes_pref": ("rtdmd.worlds.shapes.rewards", "ShapesPrefConfig", "build_pref"),
         "shapes_oracle": ("rtdmd.worlds.shapes.rewards", "ShapesOracleConfig", "build_oracle"),

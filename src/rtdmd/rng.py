@@ -1,25 +1,40 @@
-"""Counter-based randomness: every random draw is a pure function of ``(seed, key...)``.
+"""Counter-based randomness: every random draw is a pure function of ``(seed, key..., sample index)``.
 
 A training loop never carries RNG state: the noise of sample ``i`` at iteration ``step`` for purpose
 ``"renoise"`` is ``Streams(seed).randn(("renoise", step), [i], shape)``, whichever rank draws it and however
-many ranks there are. That makes resume exact without saving generator states, and a run on N processes
-draw the same numbers as on one. Draws happen on CPU generators and are then moved to the target device (as
-diffusers' ``randn_tensor`` does), so noise is also device-independent.
+many ranks there are. That makes resume exact without saving generator states, and a run on N processes draw
+the same numbers as on one.
+
+The bits come from a vectorised integer hash (Wellons' "lowbias32", two rounds keyed per sample) evaluated on
+the target device, so drawing noise costs a few integer operations per element and never a host round trip;
+normals use the Box-Muller transform on 24-bit uniforms.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+MASK32 = 0xFFFFFFFF
 
 
 def key_seed(*key: object) -> int:
     """A stable 63-bit seed from any tuple of ints and strings (Python's ``hash`` is salted per process)."""
     digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
+
+
+def hash32(x: Tensor) -> Tensor:
+    """Wellons' lowbias32 on uint32 values held in int64 (products masked back to 32 bits)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & MASK32
+    return x ^ (x >> 16)
 
 
 class Streams:
@@ -29,19 +44,34 @@ class Streams:
         self.seed = int(seed)
 
     def generator(self, *key: object) -> torch.Generator:
-        """A fresh CPU generator for ``key``; the same key always yields the same numbers."""
+        """A CPU ``torch.Generator`` for ``key`` (for the few shared scalar draws: stops, subsets, orders)."""
         return torch.Generator().manual_seed(key_seed(self.seed, *key))
 
-    def randn(self, key: tuple, indices: Sequence[int], shape: Sequence[int], *,
+    def bits(self, key: tuple, indices: Sequence[int] | Tensor, count: int,
+             device: torch.device | str | None = None) -> Tensor:
+        """``(len(indices), count)`` uniform 32-bit integers (int64); row ``j`` depends on ``(key, indices[j])``."""
+        k = key_seed(self.seed, *key)
+        k0, k1 = k & MASK32, (k >> 32) & MASK32
+        idx = torch.as_tensor(indices, dtype=torch.int64, device=device).reshape(-1) & MASK32
+        s0 = hash32(hash32(idx ^ k0) ^ k1)  # two independent per-sample keys
+        s1 = hash32(s0 ^ k0 ^ 0x5BD1E995)
+        counter = torch.arange(count, dtype=torch.int64, device=idx.device)
+        return hash32(hash32(counter[None, :] ^ s0[:, None]) ^ s1[:, None])
+
+    def rand(self, key: tuple, indices: Sequence[int] | Tensor, *, device: torch.device | str | None = None,
+             count: int = 1) -> Tensor:
+        """Uniform ``(0, 1)`` float32 of shape ``(len(indices),)`` (or ``(len, count)`` for ``count > 1``)."""
+        u = ((self.bits(key, indices, count, device) >> 8).float() + 0.5) / float(1 << 24)
+        return u[:, 0] if count == 1 else u
+
+    def randn(self, key: tuple, indices: Sequence[int] | Tensor, shape: Sequence[int], *,
               device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         """Standard normal ``(len(indices), *shape)``; row ``j`` depends only on ``(key, indices[j])``."""
-        rows = [torch.randn(tuple(shape), generator=self.generator(*key, int(i))) for i in indices]
-        return torch.stack(rows).to(device=device, dtype=dtype)
-
-    def rand(self, key: tuple, indices: Sequence[int], *, device: torch.device | str | None = None) -> Tensor:
-        """Uniform ``[0, 1)`` of shape ``(len(indices),)``, one number per index."""
-        values = [torch.rand((), generator=self.generator(*key, int(i))) for i in indices]
-        return torch.stack(values).to(device=device)
+        numel = math.prod(shape)
+        u = self.rand(key, indices, device=device, count=2 * numel)
+        u1, u2 = u[:, 0::2].double(), u[:, 1::2].double()
+        z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2)
+        return z.reshape(-1, *shape).to(dtype)
 
     def randint(self, key: tuple, high: int, low: int = 0) -> int:
         """One shared integer in ``[low, high)`` (e.g. the random stop, identical on every rank)."""

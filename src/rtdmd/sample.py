@@ -32,3 +32,24 @@ def sample(backbone: Backbone, role: str, cond: Cond, sigmas: Tensor, eta: float
 
 def seeded_generators(seeds: Sequence[int]) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+def sample_seeds(seed: int, num_prompts: int, num_per_prompt: int) -> list[list[int]]:
+    """Seed of sample ``j`` of prompt ``p``: ``seed + p * num_per_prompt + j`` (recorded with every sample)."""
+    return [[seed + p * num_per_prompt + j for j in range(num_per_prompt)] for p in range(num_prompts)]
+
+
+@torch.no_grad()
+def generate(backbone: Backbone, prompts: Sequence[str], num_per_prompt: int, seed: int, *, sigmas: Tensor,
+             eta: float, role: str = "generator", guidance: float | None = None, batch_size: int = 256,
+             decode: bool = True) -> tuple[Tensor, list[int]]:
+    """``num_per_prompt`` samples of every prompt (prompt-major order) and the seed of each sample."""
+    seeds = [s for row in sample_seeds(seed, len(prompts), num_per_prompt) for s in row]
+    texts = [p for p in prompts for _ in range(num_per_prompt)]
+    outputs = []
+    for start in range(0, len(texts), batch_size):
+        chunk = slice(start, start + batch_size)
+        cond = backbone.encode(texts[chunk])
+        x = sample(backbone, role, cond, sigmas, eta, seeded_generators(seeds[chunk]), guidance)
+        outputs.append(backbone.decode(x) if decode else x)
+    return torch.cat(outputs), seeds

@@ -14,16 +14,6 @@ FOLDER = ASSETS / "teacher"
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny teacher's ops are too small to gain from intra-op threads, and on a shared CPU two threads
-    wait for each other: measured 4.2 s (1 thread) against 42.6 s (2 threads) for 9 prompts x 28 steps."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pipe():
     pipe = teacher.load_pipeline(FOLDER)

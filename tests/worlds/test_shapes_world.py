@@ -38,29 +38,29 @@ def test_custom_prompt_file_needs_metadata(tmp_path):
         _world(train_prompts=str(plain)).prompts("train")
 
 
-def test_evaluate_on_rendered_images():
+def test_metrics_on_rendered_images():
     world = _world()
     held_out = world.prompts("eval")
     rng = np.random.default_rng(0)
     repeated = held_out.subset([i for i in range(len(held_out)) for _ in range(2)])
     images = torch.from_numpy(render.render_batch(repeated.metadata, rng))
-    metrics = world.evaluate(images, repeated)
+    metrics = world.metrics(images, repeated)
     assert metrics["accuracy"] == 1.0
     assert {f"accuracy/{t}" for t in prompts.TAGS} <= set(metrics)
     assert 0 < metrics["mean_intensity"] < 1 and 0 < metrics["saturation"] < 1
     assert metrics["color_entropy"] > 0 and metrics["diversity"] > 0
     # The same images judged against the prompts shifted by one: accuracy collapses, statistics do not move.
     shifted = held_out.subset([(i + 1) % len(held_out) for i in range(len(held_out)) for _ in range(2)])
-    worse = world.evaluate(images, shifted)
+    worse = world.metrics(images, shifted)
     assert worse["accuracy"] < 0.4
     assert worse["mean_intensity"] == metrics["mean_intensity"]
 
 
-def test_evaluate_diversity_is_zero_for_copies():
+def test_metrics_diversity_is_zero_for_copies():
     world = _world()
     held_out = world.prompts("eval").subset([0, 0, 0])
     image = render.render(held_out.metadata[0], 1)
-    metrics = world.evaluate(np.stack([image] * 3), held_out)
+    metrics = world.metrics(np.stack([image] * 3), held_out)
     assert metrics["diversity"] == 0.0
 
 
@@ -77,3 +77,23 @@ def test_teacher_guidance_is_the_measured_one():
     metrics = json.loads((world.teacher_path.parent / "teacher_metrics.json").read_text())
     assert world.teacher_guidance == metrics["cfg"] > 1
     assert _world(teacher=str(world.teacher_path)).teacher_guidance is None
+
+
+def test_evaluate_follows_the_worlds_contract():
+    from rtdmd.rewards.base import RewardSet, WeightedReward
+    from rtdmd.worlds.shapes.rewards import OracleReward
+
+    world = _world()
+    held_out = world.prompts("eval")
+    rng = np.random.default_rng(1)
+    samples = {p: torch.from_numpy(render.render_batch([m] * 3, rng)) for p, m in
+               zip(held_out.texts[:4], held_out.metadata[:4])}
+    samples[held_out.texts[4]] = samples[held_out.texts[0]]  # images of another prompt: the oracle says no
+    rewards = RewardSet([WeightedReward("oracle", OracleReward(), 2.0)])
+    result = world.evaluate(samples, rewards, beta=1.0)
+    assert [result["prompts"][p]["accuracy"] for p in samples] == [1, 1, 1, 1, 0]
+    assert [result["prompts"][p]["oracle"] for p in samples] == [1, 1, 1, 1, 0]
+    assert result["summary"]["reward"] == pytest.approx(2 * 12 / 15)
+    assert result["summary"]["accuracy"] < 1 and result["prompts"][held_out.texts[1]]["diversity"] > 0
+    with pytest.raises(UserError, match="neither prompt file"):
+        world.evaluate({"a purple hexagon": samples[held_out.texts[0]]}, rewards, beta=1.0)

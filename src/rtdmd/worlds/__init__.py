@@ -1,1 +1,1 @@
-"""Worlds: what a run generates, its prompts and how its samples are judged (one module per kind)."""
+"""Worlds: what to generate (prompts, the teacher's distribution) and how to judge it."""

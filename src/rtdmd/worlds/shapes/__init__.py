@@ -10,8 +10,11 @@ The world's contract with trainers and the demo:
 
 - ``prompts(split)`` -> :class:`~rtdmd.data.prompts.PromptSet` (texts + GenEval metadata), ``split`` in
   ``("train", "eval")``; ``eval`` is held out (a third of every tag).
-- ``evaluate(images, prompt_set)`` -> flat ``dict[str, float]``: oracle accuracy (``accuracy`` = mean of the
+- ``metrics(images, prompt_set)`` -> flat ``dict[str, float]``: oracle accuracy (``accuracy`` = mean of the
   per-tag accuracies ``accuracy/<tag>``), image statistics and within-prompt diversity.
+- ``evaluate(samples, rewards, beta, seed)`` -> ``{"summary", "prompts"}``: the worlds' common evaluation
+  contract (:mod:`rtdmd.worlds.evaluate`): ``metrics`` of all samples plus the run's reward components, and
+  per prompt its oracle accuracy, rewards and diversity.
 - ``teacher_path`` / ``max_sequence_length`` / ``image_size`` / ``teacher_guidance``: what an SD3 backbone needs
   to load and sample the teacher (the guidance scale is the one the measurement phase of
   ``scripts/train_world.py`` chose, read from ``teacher_metrics.json`` beside the shipped teacher).
@@ -85,7 +88,44 @@ class ShapesWorld:
             self._cache[split] = prompt_set
         return self._cache[split]
 
-    def evaluate(self, images, prompt_set: PromptSet) -> dict[str, float]:
+    def metadata(self, prompt: str) -> dict:
+        """GenEval metadata of a prompt of either split (UserError for a prompt outside them)."""
+        for split in SPLITS:
+            prompt_set = self.prompts(split)
+            if prompt in prompt_set.texts:
+                return dict(prompt_set.metadata[prompt_set.texts.index(prompt)])
+        raise UserError(f"prompt {prompt!r} is in neither prompt file of the shapes world: the oracle needs "
+                        "its metadata")
+
+    def evaluate(self, samples, rewards, beta: float, seed: int = 0) -> dict:
+        """``samples``: prompt -> decoded images ``(n, 3, H, W)`` in [0, 1]. ``beta`` and ``seed`` are unused
+        (the oracle is exact and deterministic)."""
+        import torch
+
+        texts, images = [], []
+        for prompt, x in samples.items():
+            texts += [prompt] * len(x)
+            images.append(torch.as_tensor(x).detach().float().cpu())
+        images = torch.cat(images)
+        metadata = [self.metadata(t) for t in texts]
+        summary = self.metrics(images, PromptSet(tuple(texts), tuple(metadata)))
+        scores = rewards.score(images, texts, metadata) if rewards is not None else {}
+        if scores:
+            scores = {**scores, "reward": rewards.total(scores)}
+            summary.update({name: float(s.float().mean()) for name, s in scores.items()})
+        from rtdmd.worlds.shapes import oracle, stats
+
+        verdicts = oracle.score(images.numpy(), metadata)
+        per_prompt, start = {}, 0
+        for prompt, x in samples.items():
+            rows = slice(start, start + len(x))
+            start += len(x)
+            per_prompt[prompt] = {"accuracy": float(verdicts[rows].mean()),
+                                  "diversity": stats.within_prompt_diversity(images[rows].numpy(), [prompt] * len(x)),
+                                  **{name: float(s[rows].float().mean()) for name, s in scores.items()}}
+        return {"summary": summary, "prompts": per_prompt}
+
+    def metrics(self, images, prompt_set: PromptSet) -> dict[str, float]:
         """Metrics of ``images`` ``(N, 3, H, W)`` in [0, 1] (tensor or array), one per entry of ``prompt_set``
         (repeat a prompt for several seeds)."""
         from rtdmd.worlds.shapes import oracle, stats

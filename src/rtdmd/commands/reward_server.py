@@ -1,0 +1,66 @@
+"""``rtdmd reward-server``: serve any registered reward over HTTP (protocol in :mod:`rtdmd.rewards.remote`).
+
+    rtdmd reward-server --reward hpsv2 --set path=/weights/hpsv2 --port 8765
+    rtdmd reward-server --reward compositional --set detector=geneval_detector:build --port 8766
+
+Then use it from a run with ``rewards: [{kind: remote, url: "http://HOST:8765"}]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rtdmd.errors import UserError
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("reward-server", help="serve a reward over HTTP for runs in other processes",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reward", required=True, metavar="KIND", help="a registered reward kind (e.g. hpsv2)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a key of the reward's config (repeatable), e.g. --set path=/weights/hpsv2")
+    parser.add_argument("--name", default=None, help="name reported by /info (default: the kind)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=8765, help="port (0: any free port, printed at start-up)")
+    parser.add_argument("--device", default="auto", help="torch device for the reward (auto: cuda if available)")
+    parser.add_argument("--quiet", action="store_true", help="do not log each request")
+    parser.set_defaults(func=run)
+
+
+def build(kind: str, overrides: list[str], device: str):
+    """The reward of ``kind`` with its config built strictly from ``key=value`` items; returns (reward, config)."""
+    from rtdmd import configtools, registry
+    from rtdmd.config import parse_override
+
+    params: dict = {"kind": kind}
+    for item in overrides:
+        key, value = parse_override(item)
+        params[key] = value
+    cls = registry.config_class("reward", kind)
+    config = configtools.build(cls, params, "reward", lambda section, k: registry.config_class(section, k))
+    return registry.builder("reward", kind)(config, world=None, device=device), configtools.to_dict(config)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from rtdmd.rewards.remote import make_server
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    reward, config = build(args.reward, args.set, device)
+    try:
+        server = make_server(reward, name=args.name or args.reward, kind=args.reward, config=config,
+                             host=args.host, port=args.port, quiet=args.quiet)
+    except OSError as err:
+        raise UserError(f"cannot listen on {args.host}:{args.port} ({err.strerror}): choose another --port") from None
+    host, port = server.server_address[:2]
+    print(f"rtdmd reward-server: serving reward '{args.reward}' on http://{host}:{port} "
+          "(GET /info, POST /score)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("rtdmd reward-server: stopped", file=sys.stderr)
+    finally:
+        server.server_close()
+    return 0

@@ -1,0 +1,61 @@
+"""``rtdmd distill`` (stage 1) and ``rtdmd align`` (stage 2)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rtdmd.config import load_config
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config file, or a shipped config name such as gmm/default")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set distill.iterations=500 (repeatable)")
+    parser.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<stage>-<config name>)")
+    parser.add_argument("--resume", action="store_true", help="continue the latest complete checkpoint in --out")
+
+
+def _default_out(config: str, stage: str) -> Path:
+    return Path("runs") / f"{stage}-{Path(config).stem}"
+
+
+def _world_evaluator(config):
+    """Evaluation at run.eval_every and at the end, when the world has closed-form metrics."""
+    from rtdmd.worlds.evaluate import evaluate_role
+
+    def evaluate(parts, step):
+        return evaluate_role(parts, config)["summary"]
+
+    return evaluate
+
+
+def distill(args) -> int:
+    from rtdmd.train import distill as stage1
+
+    config = load_config(args.config, args.overrides)
+    out = args.out or _default_out(args.config, "distill")
+    stage1.run(config, out, resume=args.resume, evaluate=_world_evaluator(config))
+    print(f"rtdmd: stage 1 finished: {out}")
+    return 0
+
+
+def align(args) -> int:
+    from rtdmd.train import align as stage2
+
+    config = load_config(args.config, args.overrides)
+    out = args.out or _default_out(args.config, "align")
+    stage2.run(config, out, args.from_dir, resume=args.resume, evaluate=_world_evaluator(config))
+    print(f"rtdmd: stage 2 finished: {out}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("distill", help="stage 1: AC-DMD distillation into a 4-step generator")
+    _common(p)
+    p.set_defaults(func=distill)
+    p = sub.add_parser("align", help="stage 2: RTDMD reward-tilted fine-tuning of a stage-1 run")
+    _common(p)
+    p.add_argument("--from", dest="from_dir", type=Path, required=True, metavar="STAGE1_RUN_DIR",
+                   help="the run directory of 'rtdmd distill'")
+    p.set_defaults(func=align)

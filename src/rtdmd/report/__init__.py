@@ -1,0 +1,1 @@
+"""Reports of finished runs: plots and tables (matplotlib with the Agg backend, no display needed)."""

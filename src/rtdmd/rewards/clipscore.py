@@ -1,0 +1,53 @@
+"""CLIPScore: the cosine between CLIP ViT-L/14's image and prompt embeddings (spec section 7).
+
+Definition used here: the raw cosine, in [-1, 1] (typical values 0.29-0.32 for a good text-to-image model,
+the numbers of spec section 8). torchmetrics' ``CLIPScore`` reports ``max(100 * cos, 0)`` instead; the authors'
+code reports ``logits_per_image / 100`` = ``exp(logit_scale) / 100 * cos``, which is the cosine for OpenAI's
+CLIP ViT-L/14 (``exp(logit_scale) = 100``). We neither multiply by 100 nor clamp, so that the reward's gradient
+is never cut at 0.
+
+Files (``path`` or ``$RTDMD_REWARDS_ROOT/clipscore/``): the transformers folder of ``openai/clip-vit-large-patch14``
+(``config.json``, ``model.safetensors``, tokenizer files, ``preprocessor_config.json``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from rtdmd.configtools import check
+from rtdmd.rewards import clip_common as cc
+
+REPO = "openai/clip-vit-large-patch14"
+NEEDS = (
+    cc.Need("CLIP config", ("config.json",), REPO, REPO, ("config.json",)),
+    cc.Need("CLIP weights", cc.CLIP_MODEL_FILES, REPO, REPO, (("model.safetensors", "pytorch_model.bin"),)),
+    cc.Need("CLIP tokenizer", cc.TOKENIZER_FILES, REPO, REPO,
+            ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")),
+    cc.Need("CLIP preprocessor config", ("preprocessor_config.json",), REPO, REPO, ("preprocessor_config.json",)),
+)
+
+
+@dataclass(frozen=True)
+class ClipScoreConfig:
+    kind: Literal["clipscore"] = "clipscore"
+    path: str | None = None  # folder of the CLIP model; default $RTDMD_REWARDS_ROOT/clipscore
+    allow_download: bool = False  # fetch missing files from the Hugging Face Hub into that folder
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+    def __post_init__(self):
+        check(self.path is None or bool(self.path.strip()), "path must be a folder or left unset")
+
+
+def load_embedder(folder, device, dtype) -> cc.ClipEmbedder:
+    model = cc.load_clip_model(folder, device, dtype)
+    preprocess = cc.ClipPreprocess.from_folder(folder, model.config.vision_config.image_size)
+    return cc.ClipEmbedder(model, cc.load_tokenizer(folder), preprocess)
+
+
+def build_clipscore(cfg: ClipScoreConfig, *, world=None, device="cpu") -> cc.ClipCosine:
+    folder = cc.locate("clipscore", cc.reward_folder("clipscore", cfg.path), NEEDS, cfg.allow_download)
+    embedder = load_embedder(folder, device, cc.DTYPES[cfg.dtype])
+    info = cc.ScorerInfo("clipscore", "cos(CLIP image embedding, CLIP text embedding), raw (no x100, no clamp)",
+                         tuple(cc.weight_files(folder)))
+    return cc.ClipCosine(embedder, info)

@@ -1,0 +1,280 @@
+"""Metadata-driven compositional rewards (GenEval style): is every required object there, in the right number,
+colour and place?
+
+Metadata schema (one JSON object per prompt, the GenEval ``evaluation_metadata.jsonl`` format; in a JSONL prompt
+file it sits next to ``"prompt"``)::
+
+    {"tag": "position",                                  # task name, for per-tag accuracy (optional)
+     "include": [{"class": "tv remote", "count": 1},     # required objects
+                 {"class": "cat", "count": 1, "color": "red", "position": ["right of", 0]}],
+     "exclude": [{"class": "cat", "count": 2}]}          # "fewer than 2 cats"
+
+``position`` is ``[relation, i]``: relative to the objects matched by ``include[i]`` (an earlier entry), with
+relation one of ``left of``, ``right of``, ``above``, ``below``.
+
+Who sees the pixels is a :class:`Detector`: it returns, per image, :class:`Detection` records (class, box,
+confidence, colour). The tiny image world implements one with a pixel oracle; GenEval's Mask2Former detector +
+CLIP colour classifier runs out of process behind ``rtdmd reward-server`` (kind ``compositional`` with
+``detector: yourmodule:build``) and is used through the HTTP client. :func:`judge` applies the rule, GenEval's:
+
+- include: the ``count`` most confident detections of the class must exist; with ``color``, all of them must
+  have it; with ``position``, each of them must be in the relation to each object matched by the target entry
+  (which itself must have been satisfied);
+- exclude: fewer than ``count`` detections of the class;
+- relations compare box centres after shrinking the offset by ``0.1 x`` the summed box sizes per axis: ``A``
+  is left of ``B`` when the normalised remaining offset has ``dx < -0.5`` (``right of``: ``dx > 0.5``; ``above``:
+  ``dy < -0.5``; ``below``: ``dy > 0.5``, image y pointing down).
+
+Scores: ``strict`` = 1 if every requirement holds else 0 (GenEval's per-image correctness); ``partial`` = the
+fraction of requirements (include and exclude entries) that hold, a denser training signal.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import Tensor
+
+from rtdmd.configtools import check
+from rtdmd.errors import UserError
+
+RELATIONS = ("left of", "right of", "above", "below")
+POSITION_MARGIN = 0.1
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    cls: str
+    count: int = 1
+    color: str | None = None
+    position: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class CompositionSpec:
+    include: tuple[ObjectSpec, ...]
+    exclude: tuple[ObjectSpec, ...] = ()
+    tag: str | None = None
+
+    @property
+    def num_requirements(self) -> int:
+        return len(self.include) + len(self.exclude)
+
+
+def _object(raw: Any, where: str, index: int, allow_position: bool) -> ObjectSpec:
+    if not isinstance(raw, Mapping):
+        raise UserError(f"{where}: expected an object like {{\"class\": \"cat\", \"count\": 1}}, got {raw!r}")
+    unknown = set(raw) - {"class", "count", "color", "position"}
+    if unknown:
+        raise UserError(f"{where}: unknown field {sorted(unknown)[0]!r} (fields: class, count, color, position)")
+    cls, count, color, position = raw.get("class"), raw.get("count", 1), raw.get("color"), raw.get("position")
+    if not isinstance(cls, str) or not cls:
+        raise UserError(f"{where}: 'class' must be a non-empty string")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise UserError(f"{where}: 'count' must be a positive integer, got {count!r}")
+    if color is not None and not isinstance(color, str):
+        raise UserError(f"{where}: 'color' must be a string")
+    if position is not None:
+        if not allow_position:
+            raise UserError(f"{where}: 'position' is only allowed in include entries")
+        if (not isinstance(position, (list, tuple)) or len(position) != 2 or position[0] not in RELATIONS
+                or isinstance(position[1], bool) or not isinstance(position[1], int)):
+            raise UserError(f"{where}: 'position' must be [relation, index] with relation in {list(RELATIONS)}")
+        if not 0 <= position[1] < index:
+            raise UserError(f"{where}: 'position' must refer to an earlier include entry (0..{index - 1})")
+        position = (position[0], position[1])
+    return ObjectSpec(cls, count, color, position)
+
+
+def parse_spec(metadata: Mapping[str, Any], where: str = "metadata") -> CompositionSpec:
+    """Validate one prompt's metadata; every problem is a one-line :class:`UserError` naming the field."""
+    if not isinstance(metadata, Mapping):
+        raise UserError(f"{where}: expected a JSON object, got {type(metadata).__name__}")
+    include, exclude = metadata.get("include"), metadata.get("exclude", [])
+    if not isinstance(include, list) or not include:
+        raise UserError(f"{where}: needs a non-empty list 'include' (e.g. [{{\"class\": \"cat\", \"count\": 1}}])")
+    if not isinstance(exclude, list):
+        raise UserError(f"{where}: 'exclude' must be a list")
+    tag = metadata.get("tag")
+    if tag is not None and not isinstance(tag, str):
+        raise UserError(f"{where}: 'tag' must be a string")
+    return CompositionSpec(
+        tuple(_object(o, f"{where}.include[{i}]", i, True) for i, o in enumerate(include)),
+        tuple(_object(o, f"{where}.exclude[{i}]", i, False) for i, o in enumerate(exclude)), tag)
+
+
+def parse_prompt_set(metadata: Sequence[Mapping[str, Any]], source: str = "prompts") -> list[CompositionSpec]:
+    """Validate every record of a prompt set up front (so a bad line fails before any generation)."""
+    return [parse_spec(m, f"{source} record {i + 1}") for i, m in enumerate(metadata)]
+
+
+@dataclass(frozen=True)
+class Detection:
+    cls: str
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 (any unit, y down)
+    score: float = 1.0
+    color: str | None = None
+
+
+class Detector(Protocol):
+    def __call__(self, images: Tensor, specs: Sequence[CompositionSpec]) -> list[list[Detection]]:
+        """Detections per image of ``(B, 3, H, W)`` in [0, 1]; ``specs`` say which classes/colours matter."""
+
+
+def relations(a: Sequence[float], b: Sequence[float], margin: float = POSITION_MARGIN) -> set[str]:
+    """Where box ``a`` is relative to box ``b`` (see the module docstring)."""
+    ca = ((a[0] + a[2]) / 2, (a[1] + a[3]) / 2)
+    cb = ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
+    size = (abs(a[2] - a[0]) + abs(b[2] - b[0]), abs(a[3] - a[1]) + abs(b[3] - b[1]))
+    offset = (ca[0] - cb[0], ca[1] - cb[1])
+    shrunk = [math.copysign(max(abs(o) - margin * s, 0.0), o) for o, s in zip(offset, size)]
+    norm = math.hypot(*offset)
+    if all(abs(s) < 1e-3 for s in shrunk) or norm == 0:
+        return set()
+    dx, dy = shrunk[0] / norm, shrunk[1] / norm
+    found = set()
+    if dx < -0.5:
+        found.add("left of")
+    if dx > 0.5:
+        found.add("right of")
+    if dy < -0.5:
+        found.add("above")
+    if dy > 0.5:
+        found.add("below")
+    return found
+
+
+@dataclass(frozen=True)
+class Verdict:
+    correct: bool
+    satisfied: int
+    total: int
+    reasons: tuple[str, ...] = field(default=())
+
+    @property
+    def fraction(self) -> float:
+        return self.satisfied / self.total if self.total else 1.0
+
+
+def judge(spec: CompositionSpec, detections: Sequence[Detection]) -> Verdict:
+    """Check one image's detections against its spec (GenEval's rule, module docstring)."""
+    by_class: dict[str, list[Detection]] = {}
+    for d in sorted(detections, key=lambda d: -d.score):
+        by_class.setdefault(d.cls, []).append(d)
+    matched: list[list[Detection] | None] = []
+    reasons, satisfied = [], 0
+    for req in spec.include:
+        found = by_class.get(req.cls, [])[:req.count]
+        ok = len(found) >= req.count
+        if not ok:
+            reasons.append(f"expected {req.cls} >= {req.count}, found {len(found)}")
+        if ok and req.color is not None:
+            right = sum(d.color == req.color for d in found)
+            if right < req.count:
+                ok = False
+                reasons.append(f"expected {req.color} {req.cls} >= {req.count}, found {right}")
+        if ok and req.position is not None:
+            relation, target = req.position
+            if matched[target] is None:
+                ok = False
+                reasons.append(f"no target for {req.cls} to be {relation}")
+            elif not all(relation in relations(d.box, t.box) for d in found for t in matched[target]):
+                ok = False
+                reasons.append(f"expected {req.cls} {relation} target")
+        matched.append(found if ok else None)
+        satisfied += ok
+    for req in spec.exclude:
+        n = len(by_class.get(req.cls, []))
+        if n >= req.count:
+            reasons.append(f"expected {req.cls} < {req.count}, found {n}")
+        else:
+            satisfied += 1
+    return Verdict(not reasons, satisfied, spec.num_requirements, tuple(reasons))
+
+
+class TagAccuracy:
+    """Per-tag accuracy bookkeeping; ``overall`` is the mean of the per-tag accuracies (GenEval's score)."""
+
+    def __init__(self):
+        self.correct: dict[str, int] = {}
+        self.total: dict[str, int] = {}
+
+    def update(self, tags: Sequence[str | None], correct: Sequence[bool] | Tensor) -> None:
+        for tag, ok in zip(tags, [bool(c) for c in correct]):
+            tag = tag or "untagged"
+            self.total[tag] = self.total.get(tag, 0) + 1
+            self.correct[tag] = self.correct.get(tag, 0) + int(ok)
+
+    def result(self) -> dict[str, Any]:
+        per_tag = {t: self.correct[t] / self.total[t] for t in sorted(self.total)}
+        overall = sum(per_tag.values()) / len(per_tag) if per_tag else float("nan")
+        return {"per_tag": per_tag, "counts": dict(sorted(self.total.items())), "overall": overall}
+
+    def state_dict(self) -> dict[str, dict[str, int]]:
+        return {"correct": dict(self.correct), "total": dict(self.total)}
+
+    def load_state_dict(self, state: Mapping[str, Mapping[str, int]]) -> None:
+        self.correct, self.total = dict(state["correct"]), dict(state["total"])
+
+
+class CompositionalReward:
+    """A :class:`~rtdmd.rewards.base.Reward` from a :class:`Detector` and the prompts' metadata."""
+
+    differentiable = False
+
+    def __init__(self, detector: Detector, score: Literal["strict", "partial"] = "strict", name: str = "compositional"):
+        self.detector = detector
+        self.score = score
+        self.name = name
+        self.last_verdicts: list[Verdict] = []  # of the last call, for per-image reasons in evaluation output
+
+    def __call__(self, images: Tensor, prompts: Sequence[str],
+                 metadata: Sequence[Mapping[str, Any]] | None = None) -> Tensor:
+        if metadata is None or len(metadata) != images.shape[0]:
+            raise UserError(f"reward '{self.name}' needs one metadata record per image (a JSONL prompt file with "
+                            "'include' entries)")
+        specs = [parse_spec(m, f"metadata of {p!r}") for m, p in zip(metadata, prompts)]
+        detections = self.detector(images.detach(), specs)
+        self.last_verdicts = [judge(s, d) for s, d in zip(specs, detections)]
+        values = [float(v.correct) if self.score == "strict" else v.fraction for v in self.last_verdicts]
+        return torch.tensor(values, dtype=torch.float32, device=images.device)
+
+    def info(self) -> dict[str, Any]:
+        detector_info = getattr(self.detector, "info", None)
+        return {"kind": "compositional", "score": self.score,
+                "detector": detector_info() if callable(detector_info) else type(self.detector).__name__}
+
+
+@dataclass(frozen=True)
+class CompositionalConfig:
+    kind: Literal["compositional"] = "compositional"
+    detector: str = ""  # "package.module:factory"; factory(device=..., **detector_args) -> Detector
+    detector_args: dict[str, Any] = field(default_factory=dict)
+    score: Literal["strict", "partial"] = "strict"
+
+    def __post_init__(self):
+        check(":" in self.detector, "detector must name a factory as 'package.module:function' "
+              "(e.g. the tiny world's oracle, or your GenEval detector module)")
+
+
+def load_factory(spec: str):
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise UserError(f"detector module {module_name!r} cannot be imported ({err}): install it or fix "
+                        "PYTHONPATH") from None
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise UserError(f"detector module {module_name!r} has no {attr!r}")
+    return factory
+
+
+def build_compositional(cfg: CompositionalConfig, *, world=None, device="cpu") -> CompositionalReward:
+    detector = load_factory(cfg.detector)(device=device, **cfg.detector_args)
+    return CompositionalReward(detector, cfg.score)

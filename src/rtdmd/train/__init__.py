@@ -1,0 +1,1 @@
+"""Training: the two stage loops (:mod:`distill`, :mod:`align`) and the small pieces they compose."""

@@ -1,0 +1,231 @@
+"""Stage 2, RTDMD (spec section 5): distribution matching to the teacher plus reward RL, starting from a
+stage-1 run. One iteration (5.9): rollout (no grad) -> rewards -> fake-score update -> advantages -> per
+micro-batch: SubGRPO policy loss on the trained steps + final-step loss (DM + reward back-propagation) -> one
+optimiser step -> EMA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rtdmd.config import Config
+from rtdmd.errors import ConfigError, UserError
+from rtdmd.functional import grpo, reward_bp
+from rtdmd.rng import Streams
+from rtdmd.train import state as train_state
+from rtdmd.train import steps
+from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint
+from rtdmd.train.distill import evaluate_ema
+from rtdmd.train.ema import EMA
+from rtdmd.train.logging import MetricsLogger, progress
+from rtdmd.train.monitor import NonFiniteGuard
+from rtdmd.train.optim import build_optimizer, clip_and_step
+from rtdmd.train.parallel import init_distributed
+from rtdmd.train.runs import build_components, load_into, prepare_run_dir, read_run_config, role_tensors, stage_fingerprint
+from rtdmd.train.signals import stop_on_signals
+
+STAGE = "align"
+
+
+def load_stage1(from_dir: Path, config: Config, device: torch.device) -> dict[str, dict[str, torch.Tensor]]:
+    """The stage-1 result a stage-2 run starts from: its EMA generator and its fake score."""
+    stage1_config, info = read_run_config(from_dir)
+    if info.get("stage") != "distill":
+        raise UserError(f"--from {from_dir} is a stage-2 run: pass the run directory of 'rtdmd distill'")
+    if stage1_config.fingerprint("world", "backbone") != config.fingerprint("world", "backbone"):
+        raise UserError(f"--from {from_dir} was trained with another world or backbone: use the same world and "
+                        f"backbone sections as its config.yaml")
+    checkpoint = latest_checkpoint(Path(from_dir) / "checkpoints")
+    if checkpoint is None:
+        raise UserError(f"--from {from_dir} holds no complete checkpoint")
+    tensors, _ = load_checkpoint(checkpoint, device)
+    return {"stage1_generator": role_tensors(tensors, "ema"), "stage1_fake": role_tensors(tensors, "fake")}
+
+
+def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bool = False, evaluate=None) -> dict:
+    """Train stage 2 into ``run_dir`` from the stage-1 run ``from_dir``; returns the last logged metrics."""
+    cfg = config.align
+    dist, device = init_distributed(config.run.device)
+    total = cfg.samples_per_iteration
+    if total % dist.world_size:
+        raise ConfigError(f"align: prompts_per_iteration x group_size ({total}) must be divisible by the number "
+                          f"of processes ({dist.world_size})")
+    run_dir = Path(run_dir)
+    stage1 = load_stage1(Path(from_dir), config, device)
+    checkpoint = prepare_run_dir(run_dir, config, STAGE, resume, dist.is_main, {"from": str(Path(from_dir).resolve())})
+    parts = build_components(config, device)
+    backbone, rewards, prompts = parts.backbone, parts.rewards, parts.world.prompts("train")
+    sigmas = backbone.generator_sigmas(cfg.step_list)
+    n_stochastic = len(sigmas) - 2
+
+    # Start from the stage-1 result, folded into the model; fresh trainable tensors (5).
+    load_into(backbone.trainable("generator"), stage1["stage1_generator"], "stage-1 generator")
+    load_into(backbone.trainable("fake"), stage1["stage1_fake"], "stage-1 fake")
+    backbone.start_stage2()
+    gen_params, fake_params = backbone.trainable("generator"), backbone.trainable("fake")
+    optimizers = {"generator": build_optimizer(gen_params, cfg.generator), "fake": build_optimizer(fake_params, cfg.fake)}
+    ema = EMA(gen_params, cfg.ema_decay)
+    guard, start, updates = NonFiniteGuard(dist), 0, 0
+    if checkpoint is not None:
+        tensors, saved = load_checkpoint(checkpoint, device)
+        train_state.restore_training(tensors, backbone, ema, optimizers)
+        start, guard.skipped, updates = int(saved["step"]), int(saved.get("skipped_steps", 0)), int(saved["updates"])
+    logger = MetricsLogger(run_dir, STAGE, enabled=dist.is_main, resume_step=start if checkpoint else None,
+                           tensorboard=config.run.tensorboard, wandb=config.run.wandb,
+                           wandb_project=config.run.wandb_project)
+    if checkpoint is None and evaluate is not None:  # the stage-1 result: the starting point of every curve
+        evaluate_ema(evaluate, parts, gen_params, ema, 0, logger, dist)
+    if rewards.differentiable == [] and cfg.bp and dist.is_main:
+        print("rtdmd: note: no differentiable reward, so the final step gets no reward back-propagation")
+
+    streams = Streams(config.run.seed)
+    local = list(dist.shard(total))
+    cond_all = backbone.encode(list(prompts.texts))
+    fingerprint = stage_fingerprint(config, STAGE)
+    micro = cfg.micro_batch or len(local)
+
+    def save(step: int) -> None:
+        tensors = train_state.training_tensors(backbone, ema, optimizers, stage1)
+        train_state.write(run_dir, step, tensors, {"stage": STAGE, "fingerprint": fingerprint, "updates": updates,
+                                                   "skipped_steps": guard.skipped, "world_size": dist.world_size},
+                          dist.is_main)
+
+    last: dict = {}
+    bar = progress(range(start, cfg.iterations), "stage 2 (RTDMD)", config.run.progress and dist.is_main,
+                   initial=start, total=cfg.iterations)
+    with stop_on_signals() as stop:
+        for it in bar:
+            # Groups: prompts_per_iteration prompts, each K times; sample j belongs to group j // K.
+            order = torch.randperm(len(prompts), generator=streams.generator("groups", it)).tolist()
+            group_prompt = [order[g % len(order)] for g in range(cfg.prompts_per_iteration)]
+            prompt_of = [group_prompt[j // cfg.group_size] for j in local]
+            cond = {k: v[torch.as_tensor(prompt_of, device=v.device)] for k, v in cond_all.items()}
+            texts, meta = [prompts.texts[p] for p in prompt_of], [prompts.metadata[p] for p in prompt_of]
+            draw = steps.Draw(streams, it, local, tuple(backbone.sample_shape), device)
+            trained = grpo.choose_step_subset(n_stochastic, cfg.subset_size, streams.generator("subset", it))
+
+            traj = group_rollout(backbone, cond, draw, cfg.group_size, sigmas, cfg.eta, trained, cfg.log_prob)
+
+            # Rewards of the whole global batch.
+            scores = rewards.score(backbone.decode(traj.final), texts, meta)
+            global_scores = {name: dist.all_gather(s) for name, s in scores.items()}
+            metrics: dict = {f"reward/{n}": s.mean().item() for n, s in global_scores.items()}
+            metrics["reward/total"] = rewards.total(global_scores).mean().item()
+            metrics["trained_steps"] = "".join(map(str, trained))
+            if not guard.finite(torch.stack(list(global_scores.values())).sum(0)):
+                guard.skip()
+                guard.check(lambda: save(it + 1))
+                logger.log(it + 1, {**metrics, "skipped_steps": guard.skipped})
+                continue
+
+            # Fake-score update on the final samples at s = 0 (5.7).
+            for r in range(cfg.fake_update_ratio):
+                loss, m = steps.fake_score_loss(backbone, cond, traj.final, 0.0, draw.fork(r), eta=cfg.eta,
+                                                weighting=cfg.fake_weighting, gamma=cfg.fake_consistency_gamma,
+                                                estimator="two_sample", delta_max=200, sigma_range=cfg.dm_sigma_range)
+                metrics.update(m)
+                if guard.backward(loss.mean()):
+                    dist.sync_grads(fake_params.values())
+                    metrics["fake_grad_norm"] = clip_and_step(optimizers["fake"], fake_params, cfg.fake.grad_clip)
+                else:
+                    optimizers["fake"].zero_grad(set_to_none=True)
+
+            # Advantages over the global batch (5.4).
+            if cfg.advantages == "paper":
+                adv_all = grpo.advantages_paper(global_scores, rewards.weights, cfg.group_size, clip=cfg.advantage_clip)
+            else:
+                adv_all = grpo.advantages_exact(global_scores, rewards.weights, cfg.group_size, config.beta)
+            advantages = adv_all[torch.as_tensor(local)].to(device)
+            metrics["advantage_abs"] = adv_all.abs().mean().item()
+
+            # Generator update: per micro-batch, policy loss + final-step loss; one optimiser step (5.5-5.6, 5.8).
+            ok, parts_sum = True, {}
+            for begin in range(0, len(local), micro):
+                rows = slice(begin, begin + micro)
+                loss_parts, m = generator_losses(backbone, rewards, cfg, config.beta, sigmas, trained,
+                                              {k: v[rows] for k, v in cond.items()}, traj.rows(rows),
+                                              advantages[rows], texts[rows], meta[rows],
+                                              steps.Draw(streams, it, local[rows], tuple(backbone.sample_shape), device))
+                loss = sum(loss_parts.values())
+                if not guard.finite(loss):
+                    ok = False
+                    break
+                (loss.sum() / len(local)).backward()
+                share = len(range(*rows.indices(len(local)))) / len(local)
+                for name, value in [*((f"loss/{k}", v.sum().item() / len(local)) for k, v in loss_parts.items()),
+                                    *((k, v * share) for k, v in m.items())]:
+                    parts_sum[name] = parts_sum.get(name, 0.0) + value
+            if ok:
+                guard.consecutive = 0
+                dist.sync_grads(gen_params.values())
+                metrics["generator_grad_norm"] = clip_and_step(optimizers["generator"], gen_params, cfg.generator.grad_clip)
+                updates += 1
+                if updates % cfg.ema_every == 0:
+                    ema.update(gen_params)
+                metrics.update(parts_sum)
+            else:
+                guard.skip()
+                optimizers["generator"].zero_grad(set_to_none=True)
+            guard.check(lambda: save(it + 1))
+
+            step = it + 1
+            if step % cfg.log_every == 0 or step == cfg.iterations:
+                metrics["skipped_steps"] = guard.skipped
+                logger.log(step, metrics)
+                last = metrics
+                bar.set_postfix(reward=f"{metrics['reward/total']:.4f}")
+            if evaluate is not None and config.run.eval_every and step % config.run.eval_every == 0 and step != cfg.iterations:
+                evaluate_ema(evaluate, parts, gen_params, ema, step, logger, dist)
+            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.iterations or stop:
+                save(step)
+            if stop:
+                logger.log(step, {"stopped_by_signal": stop.signal})
+                print(f"rtdmd: stopped by signal {stop.signal} after step {step}; checkpoint written, resume with --resume")
+                break
+    if evaluate is not None and not stop:
+        last = {**last, **evaluate_ema(evaluate, parts, gen_params, ema, cfg.iterations, logger, dist)}
+    logger.close()
+    return last
+
+
+def group_rollout(backbone, cond, draw: steps.Draw, group_size: int, sigmas, eta: float, trained, log_prob: str):
+    """The rollout of 5.1 for this rank's rows ``draw.indices`` (global sample j is in group j // K): fresh
+    per-sample noise on the trained steps, one noise per group on the others (common random numbers, 5.3)."""
+    groups = [j // group_size for j in draw.indices]
+
+    def noise(i: int) -> torch.Tensor:
+        if i in trained:
+            return draw.randn("step_noise", i)
+        return draw.streams.randn(("shared_noise", i, draw.step), groups, draw.shape, device=draw.device)
+
+    return steps.rl_rollout(backbone, cond, draw.randn("x_init"), sigmas, eta, noise, trained, log_prob)
+
+
+def generator_losses(backbone, rewards, cfg, beta: float, sigmas, trained, cond, traj: steps.Trajectory,
+                     advantages, texts, meta, draw: steps.Draw) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Per-sample terms of the stage-2 generator loss for one micro-batch, already weighted, and metrics."""
+    out, metrics = {}, {}
+    if cfg.policy:
+        loss, m = steps.policy_loss(backbone, cond, traj, sigmas, cfg.eta, trained, advantages,
+                                    log_prob=cfg.log_prob, clip_range=cfg.ppo_clip, reduction=cfg.policy_reduction)
+        out["policy"] = cfg.policy_weight * loss
+        metrics.update(m)
+    if not (cfg.dm or cfg.bp):
+        return out, metrics
+    x_final = steps.final_step(backbone, cond, traj.states[-1], float(sigmas[-2]))
+    if cfg.dm:
+        x_dm = steps.replay_with_grad(backbone, cond, traj, sigmas, cfg.eta) if cfg.dm_backprop == "full" else x_final
+        if cfg.dm_loss == "dmd":
+            loss, m = steps.generator_dmd_loss(backbone, cond, x_dm, 0.0, draw, eta=cfg.eta, sigma_range=cfg.dm_sigma_range)
+        else:
+            loss, m = steps.score_dm_loss(backbone, cond, x_dm, draw, cfg.dm_sigma_range or (0.02, 0.98))
+        out["dm"] = cfg.dm_weight * loss
+        metrics.update(m)
+    differentiable = rewards.differentiable
+    if cfg.bp and differentiable:
+        images = backbone.decode(x_final)
+        r = sum(e.weight * e.bp_scale * e.reward(images, texts, meta) for e in differentiable)
+        loss = reward_bp.reward_bp_loss_paper(r, cfg.bp_margin) if cfg.bp_loss == "hinge" else reward_bp.reward_bp_loss_exact(r, beta)
+        out["bp"] = cfg.bp_weight * loss
+    return out, metrics

@@ -1,0 +1,153 @@
+"""Stage 1, AC-DMD (spec section 4): the generator learns the teacher's distribution in 4 steps.
+
+One iteration: roll the generator out to a random stop ``k`` (level ``s``), renoise to ``t > s`` and update the
+fake score on the ambient target (+ consistency); every ``fake_update_ratio`` iterations, a fresh rollout
+updates the generator with the sub-interval DMD gradient, then the EMA.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from rtdmd.config import Config
+from rtdmd.errors import ConfigError
+from rtdmd.train import state as train_state
+from rtdmd.train import steps
+from rtdmd.train.checkpoint import load_checkpoint
+from rtdmd.train.ema import EMA
+from rtdmd.train.logging import MetricsLogger, progress
+from rtdmd.train.monitor import NonFiniteGuard
+from rtdmd.train.optim import build_optimizer, clip_and_step
+from rtdmd.train.parallel import init_distributed
+from rtdmd.train.runs import build_components, prepare_run_dir, stage_fingerprint
+from rtdmd.train.signals import stop_on_signals
+from rtdmd.rng import Streams
+
+STAGE = "distill"
+
+
+def run(config: Config, run_dir: str | Path, *, resume: bool = False, evaluate=None) -> dict:
+    """Train stage 1 into ``run_dir``; returns the last logged metrics. ``evaluate(components, step)`` (optional)
+    is called on the main rank every ``run.eval_every`` steps and at the end, with the EMA generator loaded."""
+    cfg = config.distill
+    dist, device = init_distributed(config.run.device)
+    if cfg.batch_size % dist.world_size:
+        raise ConfigError(f"distill.batch_size ({cfg.batch_size}) must be divisible by the number of processes "
+                          f"({dist.world_size})")
+    run_dir = Path(run_dir)
+    checkpoint = prepare_run_dir(run_dir, config, STAGE, resume, dist.is_main)
+    parts = build_components(config, device)
+    backbone, prompts = parts.backbone, parts.world.prompts("train")
+    sigmas = backbone.generator_sigmas(cfg.step_list)
+    n_steps = len(sigmas) - 1
+
+    # Roles, optimisers, EMA.
+    gen_params, fake_params = backbone.trainable("generator"), backbone.trainable("fake")
+    start, init_metrics = 0, {}
+    if checkpoint is None:
+        t0 = time.perf_counter()
+        init_metrics = backbone.init_students() or {}
+        init_metrics["init_seconds"] = time.perf_counter() - t0
+    optimizers = {"generator": build_optimizer(gen_params, cfg.generator), "fake": build_optimizer(fake_params, cfg.fake)}
+    ema = EMA(gen_params, cfg.ema_decay)
+    guard = NonFiniteGuard(dist)
+    if checkpoint is not None:
+        tensors, saved = load_checkpoint(checkpoint, device)
+        train_state.restore_training(tensors, backbone, ema, optimizers)
+        start, guard.skipped = int(saved["step"]), int(saved.get("skipped_steps", 0))
+    logger = MetricsLogger(run_dir, STAGE, enabled=dist.is_main, resume_step=start if checkpoint else None,
+                           tensorboard=config.run.tensorboard, wandb=config.run.wandb,
+                           wandb_project=config.run.wandb_project)
+    if init_metrics:
+        logger.log(0, init_metrics)
+        if evaluate is not None:  # the untrained 4-step generator: the starting point of every curve
+            evaluate_ema(evaluate, parts, gen_params, ema, 0, logger, dist)
+
+    streams = Streams(config.run.seed)
+    local = list(dist.shard(cfg.batch_size))
+    cond_all = backbone.encode(list(prompts.texts))
+    fingerprint = stage_fingerprint(config, STAGE)
+
+    def save(step: int) -> None:
+        tensors = train_state.training_tensors(backbone, ema, optimizers)
+        train_state.write(run_dir, step, tensors, {"stage": STAGE, "fingerprint": fingerprint,
+                                                   "skipped_steps": guard.skipped, "world_size": dist.world_size},
+                          dist.is_main)
+
+    def batch(step: int, purpose: str):
+        """Prompts, conditioning, initial noise and step noise of this rank's rows."""
+        ids = (streams.rand(("prompt", purpose, step), local) * len(prompts)).long().clamp_max(len(prompts) - 1)
+        draw = steps.Draw(streams, step, local, tuple(backbone.sample_shape), device)
+        cond = {k: v[ids.to(v.device)] for k, v in cond_all.items()}
+        x = draw.randn("x_init", purpose)
+        return cond, draw, x, (lambda i: draw.randn("step_noise", purpose, i))
+
+    last: dict = {}
+    bar = progress(range(start, cfg.iterations), "stage 1 (AC-DMD)", config.run.progress and dist.is_main,
+                   initial=start, total=cfg.iterations)
+    with stop_on_signals() as stop:
+        for it in bar:
+            metrics: dict = {}
+            # Fake-score update (every iteration) on a random-stop rollout (4.1-4.5).
+            k = streams.randint(("stop", "fake", it), n_steps + 1, 1) if cfg.method == "acdmd" else n_steps
+            cond, draw, x, noise = batch(it, "fake")
+            x_s = steps.cps_rollout(backbone, "generator", cond, x, sigmas, cfg.eta, noise, k)
+            loss, m = steps.fake_score_loss(backbone, cond, x_s, float(sigmas[k]), draw, eta=cfg.eta,
+                                            weighting=cfg.fake_weighting, gamma=cfg.consistency_gamma,
+                                            estimator=cfg.consistency_estimator, delta_max=cfg.consistency_delta_max,
+                                            offset=cfg.renoise_offset, clamp=cfg.tau_clamp)
+            metrics.update(m, stop_k=k)
+            if guard.backward(loss.mean()):
+                dist.sync_grads(fake_params.values())
+                metrics["fake_grad_norm"] = clip_and_step(optimizers["fake"], fake_params, cfg.fake.grad_clip)
+            else:
+                optimizers["fake"].zero_grad(set_to_none=True)
+
+            # Generator update (4.6), then the EMA.
+            if (it + 1) % cfg.fake_update_ratio == 0:
+                k = streams.randint(("stop", "generator", it), n_steps + 1, 1) if cfg.method == "acdmd" else n_steps
+                cond, draw, x, noise = batch(it, "generator")
+                x_s = steps.cps_rollout(backbone, "generator", cond, x, sigmas, cfg.eta, noise, k, grad_last=True)
+                loss, m = steps.generator_dmd_loss(backbone, cond, x_s, float(sigmas[k]), draw, eta=cfg.eta,
+                                                   offset=cfg.renoise_offset, clamp=cfg.tau_clamp)
+                metrics.update(m, generator_loss=loss.mean().item(), generator_stop_k=k)
+                if guard.backward(loss.mean()):
+                    dist.sync_grads(gen_params.values())
+                    metrics["generator_grad_norm"] = clip_and_step(optimizers["generator"], gen_params, cfg.generator.grad_clip)
+                    ema.update(gen_params)
+                else:
+                    optimizers["generator"].zero_grad(set_to_none=True)
+            guard.check(lambda: save(it + 1))
+
+            step = it + 1
+            if step % cfg.log_every == 0 or step == cfg.iterations:
+                metrics["skipped_steps"] = guard.skipped
+                logger.log(step, metrics)
+                last = metrics
+                bar.set_postfix(fake=f"{metrics['fake_loss']:.4f}")
+            if evaluate is not None and config.run.eval_every and step % config.run.eval_every == 0 and step != cfg.iterations:
+                evaluate_ema(evaluate, parts, gen_params, ema, step, logger, dist)
+            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.iterations or stop:
+                save(step)
+            if stop:
+                logger.log(step, {"stopped_by_signal": stop.signal})
+                print(f"rtdmd: stopped by signal {stop.signal} after step {step}; checkpoint written, resume with --resume")
+                break
+    if evaluate is not None and not stop:
+        last = {**last, **evaluate_ema(evaluate, parts, gen_params, ema, cfg.iterations, logger, dist)}
+    logger.close()
+    return last
+
+
+def evaluate_ema(evaluate, parts, gen_params, ema, step, logger, dist) -> dict:
+    """Run ``evaluate(parts, step)`` on the main rank with the EMA generator loaded; log its scalars."""
+    result = {}
+    if dist.is_main:
+        with ema.applied(gen_params):
+            result = evaluate(parts, step)
+        logger.log(step, {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
+    dist.barrier()
+    return result

@@ -1,0 +1,49 @@
+import json
+import os
+
+import pytest
+import torch
+
+from rtdmd.errors import UserError
+from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+
+def test_round_trip_and_latest(tmp_path):
+    tensors = {"a/w": torch.randn(3, 4), "b": torch.arange(5)}
+    save_checkpoint(tmp_path, 10, tensors, {"step": 10, "x": [1, 2]})
+    save_checkpoint(tmp_path, 20, {k: v + 1 for k, v in tensors.items()}, {"step": 20})
+    latest = latest_checkpoint(tmp_path)
+    assert latest.name == "step_00000020"
+    loaded, state = load_checkpoint(latest)
+    assert state["step"] == 20
+    torch.testing.assert_close(loaded["a/w"], tensors["a/w"] + 1)
+    assert not list(tmp_path.glob(".tmp*"))
+
+
+def test_corrupted_newest_falls_back_to_previous(tmp_path):
+    save_checkpoint(tmp_path, 1, {"w": torch.zeros(2)}, {"step": 1})
+    newest = save_checkpoint(tmp_path, 2, {"w": torch.ones(2)}, {"step": 2})
+    data = bytearray((newest / "tensors.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (newest / "tensors.safetensors").write_bytes(bytes(data))
+    assert latest_checkpoint(tmp_path).name == "step_00000001"
+    with pytest.raises(UserError, match="incomplete or corrupted"):
+        load_checkpoint(newest)
+
+
+def test_half_written_checkpoint_is_ignored(tmp_path):
+    save_checkpoint(tmp_path, 1, {"w": torch.zeros(2)}, {"step": 1})
+    # a crash after the files but before the manifest: a temporary directory and a step dir without manifest
+    (tmp_path / ".tmp_step_00000002_123").mkdir()
+    partial = tmp_path / "step_00000002"
+    partial.mkdir()
+    (partial / "state.json").write_text(json.dumps({"step": 2}))
+    (tmp_path / "LATEST").write_text("step_00000002")
+    assert latest_checkpoint(tmp_path).name == "step_00000001"
+
+
+def test_keep_prunes_old(tmp_path):
+    for step in range(1, 5):
+        save_checkpoint(tmp_path, step, {"w": torch.full((1,), float(step))}, {"step": step}, keep=2)
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_00000003", "step_00000004"]
+    assert os.path.exists(tmp_path / "LATEST")

@@ -94,3 +94,22 @@ def test_teacher_draws_single_coloured_objects(pipe):
                    generator=[torch.Generator().manual_seed(i) for i in range(len(records))]).images
     correct = oracle.score(((latents + 1) / 2).clamp(0, 1).numpy(), records)
     assert np.mean(correct) >= 0.5  # measured on held-out prompts: 1.0
+
+
+def test_sd3_backbone_loads_the_teacher_and_matches_the_pipeline(pipe):
+    """The world's teacher through rtdmd's SD3 backbone (the code that loads real SD3): same images as the
+    stock pipeline for the same seeds, 32x32 pixel samples, the unshifted 4-step generator grid."""
+    from rtdmd.backbones.sd3 import SD3Config, build
+    from rtdmd.sample import sample, seeded_generators
+
+    cfg = SD3Config(path=str(FOLDER), teacher_guidance=4.5, height=32, width=32,
+                    max_sequence_length=teacher.MAX_SEQUENCE_LENGTH)
+    backbone = build(cfg, world=None, device=torch.device("cpu"), dtype=torch.float32)
+    assert backbone.sample_shape == (3, 32, 32)
+    assert torch.allclose(backbone.generator_sigmas([1000, 750, 500, 250]), torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]))
+    texts = ["two squares", "a red circle and a blue triangle"]
+    x = sample(backbone, "teacher", backbone.encode(texts), backbone.teacher_sigmas(10), 0.0, seeded_generators([5, 6]))
+    stock = pipe(texts, num_inference_steps=10, guidance_scale=4.5, output_type="latent",
+                 max_sequence_length=teacher.MAX_SEQUENCE_LENGTH, generator=seeded_generators([5, 6])).images
+    assert torch.allclose(x, stock, atol=1e-5)
+    assert torch.allclose(backbone.decode(x), ((stock + 1) / 2).clamp(0, 1), atol=1e-5)

@@ -16,6 +16,7 @@ COMMANDS = [
     "rtdmd.commands.evaluate",
     "rtdmd.commands.demo",
     "rtdmd.commands.reward_server",
+    "rtdmd.commands.export",
 ]
 
 

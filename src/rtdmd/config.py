@@ -50,7 +50,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "align.bp_loss": "linear",
         "align.bp_weight": 1.0,
         "align.policy_reduction": "unbiased_sum",
-        "align.dm_sigma_range": [0.02, 0.1],
+        "align.dm_sigma_range": [0.03, 0.15],
         "align.fake_weighting": "uniform",
         "align.dm_backprop": "full",
     },

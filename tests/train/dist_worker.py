@@ -6,7 +6,9 @@ Every run evaluates its EMA generator every 2 iterations (with FSDP that loads E
 the middle of training). Written under OUT/<strategy>/: run directories ``s1``, ``s2`` (uninterrupted),
 ``s1_split``, ``s2_split`` (3 / 2 iterations, then ``--resume`` to the end), ``s1_half`` (the split run before
 its resume), ``s1_nan`` (stage 1 whose second generator loss is NaN), ``s1_term`` (stage 1 where rank 1 alone
-receives SIGTERM during iteration 3; ``stopped_rank<r>.json`` holds what run() returned on each rank); and
+receives SIGTERM during iteration 3; ``stopped_rank<r>.json`` holds what run() returned on each rank),
+``sd3_s1``, ``sd3_s2`` (both stages of a tiny SD3 pipeline with LoRA roles, built in OUT/sd3_folder; ``fsdp``
+shards its transformer per block); and
 ``saved/<run>_step<k>_rank<r>.safetensors``: the tensors each rank passed to the checkpoint writer.
 OUT/draws_rank<r>.pt: per run, the random stop and initial noise of every stage-1 rollout, and the indices,
 trained steps and injected noises of every stage-2 rollout of this rank.
@@ -26,6 +28,7 @@ import torch
 import torch.distributed
 from safetensors.torch import save_file
 
+from rtdmd.config import resolve
 from rtdmd.train import align, distill, state, steps
 from rtdmd.train.parallel import shutdown
 from tests.tiny import tiny_config
@@ -129,8 +132,37 @@ def main(out: Path) -> None:
         result = train("s1", parallel, "distill.iterations=1000", out=root / "s1_term")
         recorder.sigterm_at = None
         (root / "s1_term" / f"stopped_rank{rank}.json").write_text(json.dumps(result.get("stopped_by_signal")))
+    sd3_runs(out, rank, recorder)
     torch.save(recorder.draws, out / f"draws_rank{rank}.pt")
     shutdown()
+
+
+def sd3_runs(out: Path, rank: int, recorder: Recorder) -> None:
+    """Both stages of a tiny SD3 pipeline (LoRA roles on one transformer), ddp then fsdp."""
+    from tests.backbones import tiny_pipelines
+    from tests.backbones.image_reward import registered
+
+    folder = out / "sd3_folder"
+    if rank == 0:
+        tiny_pipelines.sd3_pipeline(folder)
+        (out / "prompts.txt").write_text("a red cube\na blue ball\na green tree\n")
+    torch.distributed.barrier()
+    raw = {"world": {"kind": "prompts", "train": str(out / "prompts.txt")},
+           "backbone": {"kind": "sd3", "path": str(folder), "height": 16, "width": 16, "max_sequence_length": 8,
+                        "teacher_guidance": 3.0},
+           "reward": {"kind": "brightness"},
+           "distill": {"iterations": 3, "batch_size": 4, "fake_update_ratio": 1, "checkpoint_every": 0,
+                       "generator": {"lr": 1e-3}, "fake": {"lr": 1e-3}},
+           "align": {"iterations": 2, "prompts_per_iteration": 1, "group_size": 4, "micro_batch": 1, "ema_every": 1,
+                     "checkpoint_every": 0, "generator": {"lr": 1e-3}, "fake": {"lr": 1e-3}},
+           "run": {"progress": False}}
+    with registered():
+        for strategy in ("ddp", "fsdp"):
+            cfg = resolve(raw, [f"run.parallel={strategy}"])
+            recorder.run = f"{strategy}/sd3_s1"
+            distill.run(cfg, out / strategy / "sd3_s1")
+            recorder.run = f"{strategy}/sd3_s2"
+            align.run(cfg, out / strategy / "sd3_s2", out / strategy / "sd3_s1")
 
 
 if __name__ == "__main__":

@@ -28,14 +28,16 @@ class MLPBackboneConfig:
     depth: int = 3
     prompt_dim: int = 16
     fourier: int = 8  # frequencies of the sigma embedding
-    fit_steps: int = 3000  # regression steps onto the teacher's velocity (init_students)
-    fit_batch: int = 1024
+    fit_steps: int = 2000  # regression steps onto the teacher's velocity (init_students)
+    fit_batch: int = 512
+    fit_points: int = 200_000  # size of the regression set
     fit_lr: float = 2e-3
     seed: int = 0
 
     def __post_init__(self):
         check(self.hidden >= 1 and self.depth >= 1 and self.prompt_dim >= 1, "hidden, depth, prompt_dim >= 1")
-        check(self.fit_steps >= 0 and self.fit_batch >= 1 and self.fit_lr > 0, "fit_steps >= 0, fit_batch >= 1, fit_lr > 0")
+        check(self.fit_steps >= 0 and self.fit_batch >= 1 and self.fit_lr > 0 and self.fit_points >= 1,
+              "fit_steps >= 0, fit_batch >= 1, fit_points >= 1, fit_lr > 0")
 
 
 class VelocityMLP(nn.Module):
@@ -94,22 +96,25 @@ class MLPBackbone:
 
     def init_students(self) -> dict[str, float]:
         """Regress the generator onto the teacher's velocity at points of the diffused data, then copy it
-        into the fake score. Deterministic given ``cfg.seed``."""
+        into the fake score. The regression set (``fit_points`` points, teacher velocity evaluated once) and
+        the minibatches are deterministic given ``cfg.seed``."""
         net, cfg = self.nets["generator"], self.cfg
+        streams, n_prompts = Streams(cfg.seed), len(self.world.prompt_names)
+        gen = streams.generator("fit_data")
+        counts = torch.bincount(torch.randint(n_prompts, (cfg.fit_points,), generator=gen), minlength=n_prompts)
+        ids = torch.repeat_interleave(torch.arange(n_prompts), counts)
+        x0 = torch.cat([self.world.prompt_mixtures[p].sample(int(c), gen)[0] for p, c in enumerate(counts)]).float()
+        sigma = torch.rand(cfg.fit_points, generator=gen)
+        x = interpolate(x0, torch.randn(x0.shape, generator=gen), sigma)
+        x, sigma, ids = x.to(self.device), sigma.to(self.device), ids.to(self.device)
+        target = torch.cat([self.world.teacher_velocity(x[i:i + 8192], sigma[i:i + 8192], ids[i:i + 8192])
+                            for i in range(0, cfg.fit_points, 8192)])
         optim = torch.optim.Adam(net.parameters(), lr=cfg.fit_lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, max(cfg.fit_steps, 1))
-        streams, n_prompts = Streams(cfg.seed), len(self.world.prompt_names)
         loss = torch.zeros(())
         for step in tqdm(range(cfg.fit_steps), desc="fit students to teacher", disable=None, leave=False):
-            gen = streams.generator("fit", step)
-            counts = torch.bincount(torch.randint(n_prompts, (cfg.fit_batch,), generator=gen), minlength=n_prompts)
-            ids = torch.repeat_interleave(torch.arange(n_prompts), counts)
-            x0 = torch.cat([self.world.prompt_mixtures[p].sample(int(c), gen)[0] for p, c in enumerate(counts)]).float()
-            sigma = torch.rand(cfg.fit_batch, generator=gen)
-            x = interpolate(x0, torch.randn(x0.shape, generator=gen), sigma).to(self.device)
-            sigma, ids = sigma.to(self.device), ids.to(self.device)
-            target = self.world.teacher_velocity(x, sigma, ids)
-            loss = ((net(x, sigma, ids) - target) ** 2).mean()
+            rows = torch.randint(cfg.fit_points, (cfg.fit_batch,), generator=streams.generator("fit", step)).to(self.device)
+            loss = ((net(x[rows], sigma[rows], ids[rows]) - target[rows]) ** 2).mean()
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from rtdmd.backbones.base import TRAINED_ROLES
 from rtdmd.config import Config
@@ -21,7 +20,7 @@ from rtdmd.train import steps
 from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint
 from rtdmd.train.distill import evaluate_ema, stopped
 from rtdmd.train.ema import EMA
-from rtdmd.train.logging import MetricsLogger
+from rtdmd.train.logging import MetricsLogger, progress
 from rtdmd.train.monitor import NonFiniteGuard
 from rtdmd.train.optim import build_optimizer, clip_and_step
 from rtdmd.train.parallel import distribute, init_distributed
@@ -121,8 +120,8 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
             last = stopped(stop, step, last, logger, dist)
         return stopping
 
-    bar = tqdm(range(start, cfg.iterations), desc="stage 2 (RTDMD)", disable=not (config.run.progress and dist.is_main),
-               initial=start, total=cfg.iterations)
+    bar = progress(range(start, cfg.iterations), "stage 2 (RTDMD)", config.run.progress and dist.is_main,
+                   initial=start, total=cfg.iterations)
     with stop_on_signals() as stop:
         for it in bar:
             # Groups: prompts_per_iteration prompts, each K times; sample j belongs to group j // K.
@@ -172,7 +171,7 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
             ok, parts_sum = True, {}
             for begin in range(0, len(local), micro):
                 rows = slice(begin, begin + micro)
-                loss_parts = generator_losses(backbone, rewards, cfg, config.beta, sigmas, trained,
+                loss_parts, m = generator_losses(backbone, rewards, cfg, config.beta, sigmas, trained,
                                               {k: v[rows] for k, v in cond.items()}, traj.rows(rows),
                                               advantages[rows], texts[rows], meta[rows],
                                               steps.Draw(streams, it, local[rows], tuple(backbone.sample_shape), device))
@@ -181,15 +180,17 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
                     ok = False
                     break
                 (loss.sum() / len(local)).backward()
-                for name, value in loss_parts.items():
-                    parts_sum[name] = parts_sum.get(name, 0.0) + value.sum().item() / len(local)
+                share = len(range(*rows.indices(len(local)))) / len(local)
+                for name, value in [*((f"loss/{k}", v.sum().item() / len(local)) for k, v in loss_parts.items()),
+                                    *((k, v * share) for k, v in m.items())]:
+                    parts_sum[name] = parts_sum.get(name, 0.0) + value
             if guard.record("generator loss", ok):
                 dist.sync_grads(gen_params.values())
                 metrics["generator_grad_norm"] = clip_and_step(optimizers["generator"], gen_params, cfg.generator.grad_clip)
                 updates += 1
                 if updates % cfg.ema_every == 0:
                     ema.update(gen_params)
-                metrics.update({f"loss/{k}": v for k, v in parts_sum.items()})
+                metrics.update(parts_sum)
             else:
                 optimizers["generator"].zero_grad(set_to_none=True)
             if end_of_iteration(it + 1, metrics):
@@ -216,27 +217,29 @@ def group_rollout(backbone, cond, draw: steps.Draw, group_size: int, sigmas, eta
 
 
 def generator_losses(backbone, rewards, cfg, beta: float, sigmas, trained, cond, traj: steps.Trajectory,
-                     advantages, texts, meta, draw: steps.Draw) -> dict[str, torch.Tensor]:
-    """Per-sample terms of the stage-2 generator loss for one micro-batch, already weighted."""
-    out = {}
+                     advantages, texts, meta, draw: steps.Draw) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Per-sample terms of the stage-2 generator loss for one micro-batch, already weighted, and metrics."""
+    out, metrics = {}, {}
     if cfg.policy:
-        loss, _ = steps.policy_loss(backbone, cond, traj, sigmas, cfg.eta, trained, advantages,
+        loss, m = steps.policy_loss(backbone, cond, traj, sigmas, cfg.eta, trained, advantages,
                                     log_prob=cfg.log_prob, clip_range=cfg.ppo_clip, reduction=cfg.policy_reduction)
         out["policy"] = cfg.policy_weight * loss
+        metrics.update(m)
     if not (cfg.dm or cfg.bp):
-        return out
+        return out, metrics
     x_final = steps.final_step(backbone, cond, traj.states[-1], float(sigmas[-2]))
     if cfg.dm:
         x_dm = steps.replay_with_grad(backbone, cond, traj, sigmas, cfg.eta) if cfg.dm_backprop == "full" else x_final
         if cfg.dm_loss == "dmd":
-            loss, _ = steps.generator_dmd_loss(backbone, cond, x_dm, 0.0, draw, eta=cfg.eta, sigma_range=cfg.dm_sigma_range)
+            loss, m = steps.generator_dmd_loss(backbone, cond, x_dm, 0.0, draw, eta=cfg.eta, sigma_range=cfg.dm_sigma_range)
         else:
-            loss, _ = steps.score_dm_loss(backbone, cond, x_dm, draw, cfg.dm_sigma_range or (0.02, 0.98))
+            loss, m = steps.score_dm_loss(backbone, cond, x_dm, draw, cfg.dm_sigma_range or (0.02, 0.98))
         out["dm"] = cfg.dm_weight * loss
+        metrics.update(m)
     differentiable = rewards.differentiable
     if cfg.bp and differentiable:
         images = backbone.decode(x_final)
         r = sum(e.weight * e.bp_scale * e.reward(images, texts, meta) for e in differentiable)
         loss = reward_bp.reward_bp_loss_paper(r, cfg.bp_margin) if cfg.bp_loss == "hinge" else reward_bp.reward_bp_loss_exact(r, beta)
         out["bp"] = cfg.bp_weight * loss
-    return out
+    return out, metrics

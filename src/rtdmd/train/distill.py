@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from rtdmd.backbones.base import TRAINED_ROLES
 from rtdmd.config import Config
@@ -21,7 +20,7 @@ from rtdmd.train import state as train_state
 from rtdmd.train import steps
 from rtdmd.train.checkpoint import load_checkpoint
 from rtdmd.train.ema import EMA
-from rtdmd.train.logging import MetricsLogger
+from rtdmd.train.logging import MetricsLogger, progress
 from rtdmd.train.monitor import NonFiniteGuard
 from rtdmd.train.optim import build_optimizer, clip_and_step
 from rtdmd.train.parallel import distribute, init_distributed, reshard
@@ -92,8 +91,8 @@ def run(config: Config, run_dir: str | Path, *, resume: bool = False, evaluate=N
         return cond, draw, x, (lambda i: draw.randn("step_noise", purpose, i))
 
     last: dict = {}
-    bar = tqdm(range(start, cfg.iterations), desc="stage 1 (AC-DMD)", disable=not (config.run.progress and dist.is_main),
-               initial=start, total=cfg.iterations)
+    bar = progress(range(start, cfg.iterations), "stage 1 (AC-DMD)", config.run.progress and dist.is_main,
+                   initial=start, total=cfg.iterations)
     with stop_on_signals() as stop:
         for it in bar:
             metrics: dict = {}

@@ -1,0 +1,110 @@
+"""Small pieces shared by the diffusers backbones (SD3, FLUX.1, FLUX.2-klein): the prompt cache, classifier-free
+guidance, the role's default guidance, config checks and the generator's schedule through the family's shift."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from rtdmd.backbones.base import ROLES, Cond
+from rtdmd.configtools import check
+from rtdmd.functional import schedules
+
+ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+"""LoRA targets of the published recipe: the attention projections of the joint blocks (spec 4.7)."""
+
+
+def check_common(cfg, multiple: int) -> None:
+    """Checks every diffusers backbone config shares (called from ``__post_init__``)."""
+    check(cfg.teacher_guidance >= 1, f"teacher_guidance must be >= 1 (1 = no guidance), got {cfg.teacher_guidance}")
+    check(cfg.height > 0 and cfg.width > 0 and cfg.height % multiple == 0 and cfg.width % multiple == 0,
+          f"height and width must be positive multiples of {multiple}, got {cfg.height}x{cfg.width}")
+    check(1 <= cfg.max_sequence_length <= 512,
+          f"max_sequence_length must lie in [1, 512], got {cfg.max_sequence_length}")
+    check(cfg.rank >= 1 and cfg.alpha > 0, f"rank must be >= 1 and alpha > 0, got rank {cfg.rank}, alpha {cfg.alpha}")
+    check(len(cfg.target_modules) >= 1, "target_modules must name at least one module (e.g. to_q)")
+    check(cfg.prompt_cache >= 1, f"prompt_cache must be >= 1 prompts, got {cfg.prompt_cache}")
+
+
+class PromptCache:
+    """Conditioning rows keyed by prompt text, computed once: an LRU of ``capacity`` prompts (the training prompt
+    set when it fits), so that the text encoders run once per prompt; the empty prompt (CFG's unconditional
+    branch) is never evicted. ``encode`` maps a list of prompts to a batch-first conditioning dict."""
+
+    def __init__(self, encode: Callable[[list[str]], Cond], capacity: int, pinned: Sequence[str] = ("",)):
+        self._encode = encode
+        self.capacity = capacity
+        self.pinned = frozenset(pinned)
+        self._rows: OrderedDict[str, Cond] = OrderedDict()
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[str]) -> Cond:
+        prompts = list(prompts)
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._rows))
+        if missing:
+            batch = self._encode(missing)
+            for i, prompt in enumerate(missing):  # clones: an evicted row must not pin its whole batch
+                self._rows[prompt] = {k: v[i:i + 1].clone() for k, v in batch.items()}
+        rows = []
+        for prompt in prompts:
+            self._rows.move_to_end(prompt)
+            rows.append(self._rows[prompt])
+        out = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
+        evictable = [p for p in self._rows if p not in self.pinned]  # least recently used first
+        for prompt in evictable[:max(0, len(evictable) - max(self.capacity, len(prompts)))]:
+            del self._rows[prompt]
+        return out
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+def fsdp_units(transformers) -> list[nn.Module]:
+    """The units FSDP2 shards (``run.parallel: fsdp``), in order: every block of each transformer (joint and
+    single-stream), then the transformer itself (embeddings, final norm and projection). A base shared by several
+    roles is listed once; text encoders and the VAE stay replicated (they only encode prompts and decode)."""
+    units: list[nn.Module] = []
+    for model in dict.fromkeys(transformers):
+        for name in ("transformer_blocks", "single_transformer_blocks"):
+            units += list(getattr(model, name, None) or [])
+        units.append(model)
+    return units
+
+
+def role_guidance(role: str, guidance: float | None, teacher_guidance: float) -> float:
+    """The guidance of a velocity call: explicit, or the role's default (teacher: its configured scale;
+    generator and fake score: 1, spec section 0)."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r} (roles: {ROLES})")
+    if guidance is not None:
+        return float(guidance)
+    return float(teacher_guidance) if role == "teacher" else 1.0
+
+
+def cfg_combine(v_uncond: Tensor, v_cond: Tensor, scale: float) -> Tensor:
+    """``v_u + g (v_c - v_u)`` computed in float32 (spec section 0)."""
+    v_uncond = v_uncond.float()
+    return v_uncond + scale * (v_cond.float() - v_uncond)
+
+
+def uncond_like(uncond: Cond, batch: int) -> Cond:
+    return {k: v.expand(batch, *v.shape[1:]) for k, v in uncond.items()}
+
+
+def shifted_generator_sigmas(step_list: Sequence[int], scheduler_config, mu: float | None) -> Tensor:
+    """Generator levels through the family scheduler's shift: static ``shift`` unless the scheduler shifts
+    dynamically, in which case ``mu`` (the family's resolution-dependent value) is used (spec section 2)."""
+    if scheduler_config.get("use_dynamic_shifting", False):
+        return schedules.generator_sigmas(step_list, mu=mu)
+    return schedules.generator_sigmas(step_list, shift=float(scheduler_config.get("shift", 1.0)))
+
+
+def scheduler_sigmas(scheduler, num_steps: int, **kwargs) -> Tensor:
+    """The levels a fresh copy of the family's own scheduler uses for ``num_steps`` (``set_timesteps`` with the
+    arguments the family's pipeline passes), ending in 0, float32 on the CPU."""
+    fresh = type(scheduler).from_config(scheduler.config)
+    fresh.set_timesteps(num_steps, **kwargs)
+    return fresh.sigmas.detach().float().cpu()

@@ -1,0 +1,154 @@
+"""SD3 / SD3.5 through diffusers' ``StableDiffusion3Pipeline`` (spec section 6).
+
+- Text: two CLIP encoders (penultimate hidden + pooled) and T5 (``max_sequence_length``; the recipe uses 128),
+  exactly as the stock ``encode_prompt`` computes them (it is called), cached per prompt.
+- ``x``: latents ``(B, C, H/f, W/f)`` as the pipeline passes them to ``scheduler.step``; the transformer takes
+  ``tau = 1000 sigma``; CFG is one batched forward on ``[uncond; cond]``.
+- Pixel space: a folder whose ``vae`` is null (the embedded world) has ``f = 1``, ``x`` in [-1, 1] and
+  ``decode(x) = (x + 1) / 2``; ``height``/``width`` are the pixel size. (A stock pipeline assumes a factor of 8
+  without a VAE: call it with 8 times the pixel size, or set ``pipe.vae_scale_factor = 1``, which the backbone
+  does on its own pipeline.) A null ``text_encoder_3`` gives ``max_sequence_length`` zero vectors for T5, as the
+  stock pipeline does: use the value the teacher was trained with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from rtdmd.backbones import common
+from rtdmd.backbones.base import Cond
+from rtdmd.backbones.lora import LoraSpec, RoleAdapters
+from rtdmd.configtools import check
+from rtdmd.errors import UserError
+
+
+@dataclass(frozen=True)
+class SD3Config:
+    kind: Literal["sd3"] = "sd3"
+    path: str = "stabilityai/stable-diffusion-3-medium-diffusers"  # local diffusers folder or hub id
+    teacher_guidance: float = 7.0  # CFG scale of the teacher (SD3-M 7.0, SD3.5-M 4.5)
+    height: int = 1024
+    width: int = 1024
+    max_sequence_length: int = 128  # T5 tokens
+    rank: int = 32
+    alpha: float = 64.0
+    target_modules: tuple[str, ...] = common.ATTENTION_TARGETS
+    prompt_cache: int = 4096  # prompts whose embeddings stay cached
+
+    def __post_init__(self):
+        common.check_common(self, multiple=8)
+        check(self.max_sequence_length <= 512, "max_sequence_length must be <= 512")
+
+
+class SD3Backbone:
+    """Teacher, generator and fake score of one SD3 pipeline (roles as LoRA adapters on its transformer)."""
+
+    def __init__(self, pipe, cfg: SD3Config, device: torch.device, dtype: torch.dtype):
+        self.pipe, self.cfg, self.device, self.dtype = pipe, cfg, torch.device(device), dtype
+        vae = pipe.vae
+        self.scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+        pipe.vae_scale_factor = self.scale  # the stock pipeline assumes 8 when there is no VAE
+        transformer = pipe.transformer
+        multiple = self.scale * transformer.config.patch_size
+        if cfg.height % multiple or cfg.width % multiple:
+            raise UserError(f"backbone.height and width must be multiples of {multiple} for this model, "
+                            f"got {cfg.height}x{cfg.width}")
+        self.sample_shape = (transformer.config.in_channels, cfg.height // self.scale, cfg.width // self.scale)
+        self.roles = RoleAdapters({"teacher": transformer, "generator": transformer, "fake": transformer},
+                                  LoraSpec(cfg.rank, cfg.alpha, cfg.target_modules))
+        self._cache = common.PromptCache(self._encode, cfg.prompt_cache)
+        self.generator_folder = pipe.rtdmd_folder
+
+    # Conditioning
+    def _encode(self, prompts: list[str]) -> Cond:
+        embeds, _, pooled, _ = self.pipe.encode_prompt(
+            prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, do_classifier_free_guidance=False,
+            max_sequence_length=self.cfg.max_sequence_length)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
+    def encode(self, prompts: Sequence[str]) -> Cond:
+        return self._cache(prompts)
+
+    # Velocity
+    def velocity(self, role: str, x: Tensor, sigma: Tensor, cond: Cond, guidance: float | None = None) -> Tensor:
+        g = common.role_guidance(role, guidance, self.cfg.teacher_guidance)
+        model = self.roles.activate(role)
+        h = x.to(self.dtype)
+        timestep = (sigma.to(self.device).float() * 1000.0).expand(x.shape[0])
+        if g == 1.0:
+            return self._forward(model, h, timestep, cond).to(x.dtype)
+        uncond = common.uncond_like(self._cache([""]), x.shape[0])
+        both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
+        v = self._forward(model, torch.cat([h, h]), torch.cat([timestep, timestep]), both)
+        return common.cfg_combine(*v.chunk(2), g).to(x.dtype)
+
+    @staticmethod
+    def _forward(model: nn.Module, h: Tensor, timestep: Tensor, cond: Cond) -> Tensor:
+        return model(hidden_states=h, timestep=timestep, encoder_hidden_states=cond["prompt_embeds"],
+                     pooled_projections=cond["pooled_prompt_embeds"], return_dict=False)[0]
+
+    # Noise, images, schedules
+    def noise(self, generators: Sequence[torch.Generator]) -> Tensor:
+        x = self.pipe.prepare_latents(len(generators), self.sample_shape[0], self.cfg.height, self.cfg.width,
+                                      self.dtype, self.device, list(generators))
+        return x.float()
+
+    def decode(self, x: Tensor) -> Tensor:
+        vae = self.pipe.vae
+        if vae is None:
+            return ((x.float() + 1) / 2).clamp(0, 1)
+        latents = x / vae.config.scaling_factor + vae.config.shift_factor
+        image = vae.decode(latents.to(self.dtype), return_dict=False)[0]
+        return (image.float() / 2 + 0.5).clamp(0, 1)
+
+    def _mu(self) -> float | None:
+        config = self.pipe.scheduler.config
+        if not config.get("use_dynamic_shifting", False):
+            return None
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+        patch = self.pipe.transformer.config.patch_size
+        seq_len = (self.sample_shape[1] // patch) * (self.sample_shape[2] // patch)
+        return calculate_shift(seq_len, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                               config.get("base_shift", 0.5), config.get("max_shift", 1.16))
+
+    def generator_sigmas(self, step_list: Sequence[int]) -> Tensor:
+        return common.shifted_generator_sigmas(step_list, self.pipe.scheduler.config, self._mu())
+
+    def teacher_sigmas(self, num_steps: int) -> Tensor:
+        mu = self._mu()
+        return common.scheduler_sigmas(self.pipe.scheduler, num_steps, **({} if mu is None else {"mu": mu}))
+
+    # Roles
+    def trainable(self, role: str) -> dict[str, nn.Parameter]:
+        return self.roles.trainable(role)
+
+    def init_students(self) -> None:
+        """Nothing to do: LoRA adapters start with B = 0, i.e. as the teacher."""
+
+    def fsdp_units(self) -> list[nn.Module]:
+        return common.fsdp_units(self.roles.bases.values())
+
+    def start_stage2(self) -> None:
+        self.roles.start_stage2()
+
+    # Export (rtdmd.export)
+    def cps_scheduler_config(self) -> dict:
+        """How the CPS scheduler shifts this family's generator levels (static shift or dynamic mu)."""
+        config = self.pipe.scheduler.config
+        keys = ("shift", "use_dynamic_shifting", "base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len")
+        return {k: config[k] for k in keys if k in config}
+
+
+def build(cfg: SD3Config, *, world=None, device: torch.device, dtype: torch.dtype) -> SD3Backbone:
+    from diffusers import StableDiffusion3Pipeline
+
+    from rtdmd.backbones.loading import load_pipeline
+
+    pipe = load_pipeline(StableDiffusion3Pipeline, cfg.path, device=device, dtype=dtype)
+    return SD3Backbone(pipe, cfg, device, dtype)

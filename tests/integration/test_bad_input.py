@@ -2,6 +2,7 @@
 a traceback; configuration problems are found before any model is built (the registry's builders are made to
 fail for those cases, so a check that came too late would show up as an AssertionError)."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -138,3 +139,55 @@ def test_a_rank_of_a_launch_fails_fast_with_one_tagged_line(files, tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "rtdmd: error: [rank 1] distill.batch_size (15) must be divisible by the number of processes (2): use a "
         "multiple of 2, e.g. 16"]
+
+
+def image_run(root, backbone, train="a red cube\n", name="prompts.txt"):
+    """A config of the image recipes' shape: a prompt-file world and a diffusers backbone kind."""
+    (root / name).write_bytes(train.encode("utf-8") if isinstance(train, str) else train)
+    raw = {"world": {"kind": "prompts", "train": str(root / name)}, "backbone": backbone,
+           "reward": {"kind": "linear", "w": [0.0, 1.0]}, "run": {"progress": False}}
+    path = root / "image.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def model_folder(root, pipeline, **files):
+    """A diffusers folder with its JSON files only (no weights): enough for the checks before loading."""
+    (root / "model").mkdir()
+    (root / "model" / "model_index.json").write_text(json.dumps({"_class_name": pipeline, **files.pop("index", {})}))
+    for name, content in files.items():
+        (root / "model" / name).mkdir()
+        (root / "model" / name / "config.json").write_text(json.dumps(content))
+    return str(root / "model")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("jsonl", "line 2: malformed JSON"),
+    ("latin1", "is not valid UTF-8 (line 1"),
+    ("empty", "holds no prompts"),
+    ("no_folder", "is a folder without model_index.json"),
+    ("wrong_family", "holds a StableDiffusion3Pipeline pipeline, but this backbone kind needs a FluxPipeline folder"),
+    ("cfg_on_guidance_distilled", "guidance_mode 'cfg' with a guidance-distilled FLUX.1"),
+    ("embedded_without_embedding", "guidance_mode 'embedded' needs a guidance-distilled FLUX.1"),
+    ("cfg_on_distilled_klein", "is a step-distilled klein (is_distilled: true), whose teacher cannot use CFG"),
+])
+def test_image_runs_checked_before_any_model_is_built(tmp_path, capsys, no_models, case, message):
+    sd3 = {"kind": "sd3", "path": str(tmp_path), "height": 16, "width": 16}
+    train = {"jsonl": b'{"prompt": "a"}\n{"prompt": "b"\n', "latin1": "caf\xe9\n".encode("latin-1"), "empty": b"\n"}
+    if case in train:
+        folder = model_folder(tmp_path, "StableDiffusion3Pipeline")
+        config = image_run(tmp_path, {**sd3, "path": folder}, train[case], "p.jsonl" if case == "jsonl" else "p.txt")
+    elif case == "no_folder":
+        config = image_run(tmp_path, sd3)
+    elif case == "wrong_family":
+        config = image_run(tmp_path, {"kind": "flux1", "path": model_folder(tmp_path, "StableDiffusion3Pipeline")})
+    elif case.startswith("cfg_on_guidance") or case.startswith("embedded"):
+        folder = model_folder(tmp_path, "FluxPipeline", transformer={"guidance_embeds": case.startswith("cfg")})
+        mode = "cfg" if case.startswith("cfg") else "embedded"
+        config = image_run(tmp_path, {"kind": "flux1", "path": folder, "guidance_mode": mode})
+    else:
+        folder = model_folder(tmp_path, "Flux2KleinPipeline", index={"is_distilled": True})
+        config = image_run(tmp_path, {"kind": "flux2_klein", "path": folder, "teacher_guidance": 4.0})
+    assert main(["distill", str(config), "--out", str(tmp_path / "x")]) == 2
+    assert message in error_line(capsys)
+    assert not (tmp_path / "x").exists()

@@ -55,13 +55,29 @@ def pipeline_class_name(folder: Path) -> str:
     return json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
 
 
-def load_pipeline(pipeline_cls, path: str, *, device: torch.device, dtype: torch.dtype):
-    """``pipeline_cls.from_pretrained`` of ``path`` in ``dtype`` on ``device``, every module frozen."""
+def pipeline_folder(path: str, pipeline_class: str) -> Path:
+    """The folder of ``path`` (see :func:`resolve_folder`), checked to hold a ``pipeline_class`` pipeline. Reads
+    JSON only: a config's ``preflight`` calls it before any model loads."""
     folder = resolve_folder(path)
     found = pipeline_class_name(folder)
-    if found != pipeline_cls.__name__:
+    if found != pipeline_class:
         raise UserError(f"backbone.path {path} holds a {found or 'unknown'} pipeline, but this backbone kind needs "
-                        f"a {pipeline_cls.__name__} folder: check backbone.kind and backbone.path")
+                        f"a {pipeline_class} folder: check backbone.kind and backbone.path")
+    return folder
+
+
+def read_config(folder: Path, name: str) -> dict:
+    """A component's JSON config (e.g. ``transformer/config.json``) as a dict ({} when absent)."""
+    file = folder / name
+    try:
+        return json.loads(file.read_text()) if file.is_file() else {}
+    except (OSError, ValueError) as err:
+        raise UserError(f"{file} cannot be read as JSON ({type(err).__name__}): restore the model folder") from None
+
+
+def load_pipeline(pipeline_cls, path: str, *, device: torch.device, dtype: torch.dtype):
+    """``pipeline_cls.from_pretrained`` of ``path`` in ``dtype`` on ``device``, every module frozen."""
+    folder = pipeline_folder(path, pipeline_cls.__name__)
     pipe = pipeline_cls.from_pretrained(folder, dtype=dtype, **null_components(folder))
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)

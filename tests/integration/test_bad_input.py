@@ -166,6 +166,7 @@ def model_folder(root, pipeline, **files):
     ("latin1", "is not valid UTF-8 (line 1"),
     ("empty", "holds no prompts"),
     ("no_folder", "is a folder without model_index.json"),
+    ("no_weights", "transformer/ has a config.json but no weights (.safetensors or .bin)"),
     ("wrong_family", "holds a StableDiffusion3Pipeline pipeline, but this backbone kind needs a FluxPipeline folder"),
     ("cfg_on_guidance_distilled", "guidance_mode 'cfg' with a guidance-distilled FLUX.1"),
     ("embedded_without_embedding", "guidance_mode 'embedded' needs a guidance-distilled FLUX.1"),
@@ -179,6 +180,10 @@ def test_image_runs_checked_before_any_model_is_built(tmp_path, capsys, no_model
         config = image_run(tmp_path, {**sd3, "path": folder}, train[case], "p.jsonl" if case == "jsonl" else "p.txt")
     elif case == "no_folder":
         config = image_run(tmp_path, sd3)
+    elif case == "no_weights":  # an interrupted download
+        folder = model_folder(tmp_path, "StableDiffusion3Pipeline", index={"transformer": ["diffusers", "X"]},
+                              transformer={"num_layers": 1})
+        config = image_run(tmp_path, {**sd3, "path": folder})
     elif case == "wrong_family":
         config = image_run(tmp_path, {"kind": "flux1", "path": model_folder(tmp_path, "StableDiffusion3Pipeline")})
     elif case.startswith("cfg_on_guidance") or case.startswith("embedded"):

@@ -180,12 +180,13 @@ class Flux2KleinBackbone:
 def build(cfg: Flux2KleinConfig, *, world=None, device: torch.device, dtype: torch.dtype) -> Flux2KleinBackbone:
     from diffusers import Flux2KleinPipeline, Flux2Transformer2DModel
 
-    from rtdmd.backbones.loading import load_pipeline, resolve_folder
+    from rtdmd.backbones.loading import from_pretrained, load_pipeline, resolve_folder
 
     pipe = load_pipeline(Flux2KleinPipeline, cfg.path, device=device, dtype=dtype)
     generator, folder = None, None
     if cfg.generator_path is not None:
         folder = resolve_folder(cfg.generator_path)
-        generator = Flux2Transformer2DModel.from_pretrained(folder, subfolder="transformer", dtype=dtype)
+        generator = from_pretrained(
+            lambda: Flux2Transformer2DModel.from_pretrained(folder, subfolder="transformer", dtype=dtype), folder)
         generator.to(device).requires_grad_(False).eval()
     return Flux2KleinBackbone(pipe, generator, cfg, device, dtype, generator_folder=folder)

@@ -297,13 +297,7 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def _normalise_rewards(raw: dict) -> None:
-    if "reward" in raw and "rewards" in raw:
-        raise ConfigError("give either 'reward' (one) or 'rewards' (a weighted list), not both")
-    if "reward" in raw:
-        raw["rewards"] = [raw.pop("reward")]
     entries = raw.get("rewards")
-    if entries is None:
-        raise ConfigError("missing config key 'reward' (e.g. reward: {kind: linear, w: [0, 1]})")
     if not isinstance(entries, list) or not entries:
         raise ConfigError("'rewards' must be a non-empty list of {kind: ..., weight: ...}")
     from rtdmd import registry
@@ -322,6 +316,17 @@ def _normalise_rewards(raw: dict) -> None:
     raw["rewards"] = normalised
 
 
+def resolve_rewards(entries: list[dict]) -> tuple[RewardEntry, ...]:
+    """Reward entries from a list of ``{kind: ..., weight: ..., ...}`` (checked like a config's ``rewards``)."""
+    raw = {"rewards": copy.deepcopy(entries)}
+    _normalise_rewards(raw)
+    out = []
+    for i, entry in enumerate(raw["rewards"]):
+        params = entry.pop("params")
+        out.append(dataclasses.replace(configtools.build(RewardEntry, entry, f"rewards[{i}]", _resolver), params=params))
+    return tuple(out)
+
+
 def resolve(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Build a :class:`Config` from a raw dict plus ``key=value`` overrides, applying the preset's defaults."""
     raw = copy.deepcopy(raw) if raw else {}
@@ -338,16 +343,16 @@ def resolve(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     for key, value in PRESETS[preset].items():
         if not _has_dotted(raw, key):
             _set_dotted(raw, key, copy.deepcopy(value))
-    _normalise_rewards(raw)
-    # RewardEntry.params is already a built dataclass: keep it out of generic coercion.
-    rewards = raw.pop("rewards")
-    config = configtools.build(Config, {**raw, "rewards": []}, "", _resolver)
-    entries = []
-    for entry in rewards:
-        params = entry.pop("params")
-        built = configtools.build(RewardEntry, entry, f"rewards[{len(entries)}]", _resolver)
-        entries.append(dataclasses.replace(built, params=params))
-    return dataclasses.replace(config, rewards=tuple(entries))
+    if "reward" in raw and "rewards" in raw:
+        raise ConfigError("give either 'reward' (one) or 'rewards' (a weighted list), not both")
+    if "reward" not in raw and "rewards" not in raw:
+        raise ConfigError("missing config key 'reward' (e.g. reward: {kind: linear, w: [0, 1]})")
+    entries = raw.pop("rewards", None) or [raw.pop("reward")]
+    if not isinstance(entries, list):
+        raise ConfigError("'rewards' must be a non-empty list of {kind: ..., weight: ...}")
+    # RewardEntry.params is a built dataclass: keep it out of the generic coercion of the other sections.
+    rewards = resolve_rewards(entries)
+    return dataclasses.replace(configtools.build(Config, {**raw, "rewards": []}, "", _resolver), rewards=rewards)
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:

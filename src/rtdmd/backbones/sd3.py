@@ -30,7 +30,8 @@ from rtdmd.errors import UserError
 @dataclass(frozen=True)
 class SD3Config:
     kind: Literal["sd3"] = "sd3"
-    path: str = "stabilityai/stable-diffusion-3-medium-diffusers"  # local diffusers folder or hub id
+    # local diffusers folder or hub id; "" = the teacher the world ships (the embedded shapes world)
+    path: str = "stabilityai/stable-diffusion-3-medium-diffusers"
     teacher_guidance: float = 7.0  # CFG scale of the teacher (SD3-M 7.0, SD3.5-M 4.5)
     height: int = 1024
     width: int = 1024
@@ -156,5 +157,8 @@ def build(cfg: SD3Config, *, world=None, device: torch.device, dtype: torch.dtyp
 
     from rtdmd.backbones.loading import load_pipeline
 
-    pipe = load_pipeline(StableDiffusion3Pipeline, cfg.path, device=device, dtype=dtype)
+    path = cfg.path or str(getattr(world, "teacher_path", "") or "")
+    if not path:
+        raise UserError("backbone.path is empty and the world ships no teacher: give a diffusers folder or hub id")
+    pipe = load_pipeline(StableDiffusion3Pipeline, path, device=device, dtype=dtype)
     return SD3Backbone(pipe, cfg, device, dtype)

@@ -21,7 +21,8 @@ from rtdmd import configtools, registry
 from rtdmd.config import Config, dump_config, resolve
 from rtdmd.errors import UserError
 from rtdmd.precision import torch_dtype
-from rtdmd.rewards.base import RewardSet, WeightedReward
+from rtdmd.rewards.base import RewardSet
+from rtdmd.rewards.combine import build_reward_set
 from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint
 
 # Keys of a stage section that may change between a checkpoint and its resumption.
@@ -39,9 +40,7 @@ def build_components(config: Config, device: torch.device) -> Components:
     world = registry.builder("world", config.world.kind)(config.world)
     backbone = registry.builder("backbone", config.backbone.kind)(
         config.backbone, world=world, device=device, dtype=torch_dtype(config.run.dtype))
-    entries = [WeightedReward(r.name, registry.builder("reward", r.kind)(r.params, world=world, device=device),
-                              r.weight, r.bp_scale) for r in config.rewards]
-    return Components(world, backbone, RewardSet(entries))
+    return Components(world, backbone, build_reward_set(config.rewards, world=world, device=device))
 
 
 def stage_fingerprint(config: Config, stage: str) -> dict[str, Any]:

@@ -16,8 +16,6 @@ from rtdmd.errors import UserError
 
 def _components(args):
     """(config, stage, step, components) of ``--run``, or of ``--config`` for the teacher alone."""
-    import torch
-
     if args.run is not None:
         from rtdmd.train.runs import load_run
 
@@ -26,11 +24,10 @@ def _components(args):
     if args.role != "teacher":
         raise UserError("--config without --run evaluates the teacher only: add --role teacher, or pass --run")
     from rtdmd.config import load_config
+    from rtdmd.train.parallel import resolve_device
     from rtdmd.train.runs import build_components
 
     config = load_config(args.config, args.overrides)
-    from rtdmd.train.parallel import resolve_device
-
     return config, None, None, build_components(config, resolve_device(args.device))
 
 

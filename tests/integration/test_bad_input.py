@@ -106,7 +106,8 @@ def test_damaged_runs(files, tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["generate", "--run", "{s1}", "--out", "{tmp}/g", "--num", "0"], "--num must be at least 1"),
     (["generate", "--run", "{s1}", "--out", "{tmp}/g", "--eta", "1.5"], "--eta must lie in [0, 1]"),
-    (["generate", "--run", "{s1}", "--out", "{tmp}/g", "--device", "banana"], "run.device 'banana' is not a torch device"),
+    (["generate", "--run", "{s1}", "--out", "{tmp}/g", "--device", "banana"],
+     "run.device 'banana' is not a torch device"),
     (["evaluate", "--run", "{s1}", "--teacher-steps", "0"], "--teacher-steps must be at least 1"),
     (["reward-server", "--reward", "linear", "--port", "70000"], "--port must lie in [0, 65535]"),
 ])

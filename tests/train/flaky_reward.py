@@ -4,8 +4,6 @@ infinity in one sample on chosen calls, or on every call."""
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
 from rtdmd.rewards.analytic import Linear
 
 

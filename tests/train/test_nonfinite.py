@@ -63,7 +63,8 @@ def test_stage2_stops_after_patience_with_a_checkpoint(stage1, tmp_path, capsys)
                  "--set", "reward.always=true", "--set", "run.nonfinite_patience=2"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
-    assert err[0].startswith("rtdmd: error: 2 consecutive steps had a NaN or infinite reward (run.nonfinite_patience=2)")
+    assert err[0].startswith("rtdmd: error: 2 consecutive steps had a NaN or infinite reward "
+                             "(run.nonfinite_patience=2)")
     assert "checkpoint was written" in err[0] and "--resume" in err[0]
     tensors, state = load_checkpoint(latest_checkpoint(run / "checkpoints"))
     assert state["step"] == 2 and state["skipped_steps"] == 2 and state["updates"] == 0
@@ -102,7 +103,8 @@ def test_stage1_patience_counts_each_update_separately(monkeypatch, tmp_path):
         distill.run(tiny_config("run.nonfinite_patience=2", "distill.iterations=20"), tmp_path / "s1")
     assert count["n"] == 2
     tensors, state = load_checkpoint(latest_checkpoint(tmp_path / "s1" / "checkpoints"))
-    assert state["step"] == 4 and adam_steps(tensors, "fake") == 4 and "optim_generator/net.0.weight/step" not in tensors
+    assert state["step"] == 4 and adam_steps(tensors, "fake") == 4
+    assert "optim_generator/net.0.weight/step" not in tensors  # the generator never took a step
 
 
 def test_evaluation_with_a_nan_reward_is_a_one_line_error():

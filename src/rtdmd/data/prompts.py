@@ -44,7 +44,8 @@ def load_prompts(path: str | Path) -> PromptSet:
         text = data.decode("utf-8-sig")  # a leading byte-order mark is not part of the first prompt
     except UnicodeDecodeError as err:
         line = data[:err.start].count(b"\n") + 1
-        raise UserError(f"prompt file {file} is not valid UTF-8 (line {line}, byte {err.start}): save it as UTF-8") from None
+        raise UserError(f"prompt file {file} is not valid UTF-8 (line {line}, byte {err.start}): "
+                        f"save it as UTF-8") from None
     # Lines end at "\n" only: str.splitlines would also split inside prompts at U+2028, \x0c, \x1c, ...
     lines = [line.rstrip("\r") for line in text.split("\n")]
     if file.suffix == ".jsonl":

@@ -102,7 +102,8 @@ class Dist:
         out = dict(metrics)
         keys = sorted(k for k, v in metrics.items() if isinstance(v, float))
         if self.active and keys:
-            values = self.all_reduce_sum(torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.device))
+            local = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.device)
+            values = self.all_reduce_sum(local)
             out.update({k: float(v) / self.world_size for k, v in zip(keys, values.tolist())})
         return out
 
@@ -203,9 +204,11 @@ def shard_backbone(backbone, roles: list[str], d: Dist) -> None:
     mesh = init_device_mesh(device_type, (d.world_size,))
     for module in units():
         fully_shard(module, mesh=mesh)
-    unsharded = [f"{role}/{name}" for role in roles for name, p in backbone.trainable(role).items() if not is_sharded(p)]
+    unsharded = [f"{role}/{name}" for role in roles for name, p in backbone.trainable(role).items()
+                 if not is_sharded(p)]
     if unsharded:
-        raise RuntimeError(f"fsdp_units() of {type(backbone).__name__} do not cover the trainable tensor {unsharded[0]}")
+        raise RuntimeError(f"fsdp_units() of {type(backbone).__name__} do not cover the trainable tensor "
+                           f"{unsharded[0]}")
 
 
 def reshard(backbone) -> None:

@@ -161,8 +161,9 @@ class AlignConfig:
         check(self.group_size >= 2, f"group_size must be >= 2 (a group baseline needs 2 samples), got {self.group_size}")
         check(self.micro_batch >= 0, "micro_batch must be >= 0")
         check(0 < self.eta <= 1, f"eta must lie in (0, 1] (stage 2 needs stochastic steps), got {self.eta}")
-        check(len(self.step_list) >= 2 and list(self.step_list) == sorted(self.step_list, reverse=True),
-              "step_list must be decreasing with at least 2 steps")
+        check(len(self.step_list) >= 2 and all(0 < s <= 1000 for s in self.step_list)
+              and list(self.step_list) == sorted(set(self.step_list), reverse=True),
+              f"step_list must be at least 2 strictly decreasing values in (0, 1000], got {list(self.step_list)}")
         n_stochastic = len(self.step_list) - 1
         check(1 <= self.subset_size <= n_stochastic,
               f"subset_size must lie in [1, {n_stochastic}] (the stochastic steps), got {self.subset_size}")
@@ -194,6 +195,11 @@ class RunConfig:
     progress: bool = True
     eval_samples: int = 2000  # samples per prompt for evaluation metrics (vector worlds)
     eval_every: int = 0  # evaluate the EMA generator every N iterations during training (0: only at the end)
+    nonfinite_patience: int = 20  # stop (with a checkpoint) after this many consecutive non-finite updates
+
+    def __post_init__(self):
+        check(self.eval_samples >= 1 and self.eval_every >= 0, "eval_samples must be >= 1 and eval_every >= 0")
+        check(self.nonfinite_patience >= 1, f"nonfinite_patience must be >= 1, got {self.nonfinite_patience}")
 
 
 @dataclass(frozen=True)
@@ -238,21 +244,31 @@ def _resolver(section: str, kind: str) -> type:
     return registry.config_class(section, kind)
 
 
+def _list_index(node: list, part: str, dotted: str) -> int:
+    try:
+        index = int(part)
+    except ValueError:
+        raise ConfigError(f"cannot set '{dotted}': '{part}' must be a list index (0 to {len(node) - 1})") from None
+    if not 0 <= index < len(node):
+        raise ConfigError(f"cannot set '{dotted}': index {index} is out of range (the list has {len(node)} entries)")
+    return index
+
+
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = tree
     for part in parts[:-1]:
         if isinstance(node, list):
-            node = node[int(part)]
-            continue
-        nxt = node.get(part)
-        if nxt is None:
-            nxt = node[part] = {}
+            nxt = node[_list_index(node, part, dotted)]
+        else:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
         if not isinstance(nxt, (dict, list)):
             raise ConfigError(f"cannot set '{dotted}': '{part}' is not a section")
         node = nxt
     if isinstance(node, list):
-        node[int(parts[-1])] = value
+        node[_list_index(node, parts[-1], dotted)] = value
     else:
         node[parts[-1]] = value
 
@@ -346,6 +362,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raw = yaml.safe_load(file.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"config file {file} is not valid UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"config file {file} cannot be read: {err.strerror}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

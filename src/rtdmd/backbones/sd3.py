@@ -45,6 +45,12 @@ class SD3Config:
         common.check_common(self, multiple=8)
         check(self.max_sequence_length <= 512, "max_sequence_length must be <= 512")
 
+    def preflight(self, config=None) -> None:
+        """Before any model loads (rtdmd.train.preflight): the folder is an SD3 pipeline."""
+        from rtdmd.backbones.loading import pipeline_folder
+
+        pipeline_folder(self.path, "StableDiffusion3Pipeline")
+
 
 class SD3Backbone:
     """Teacher, generator and fake score of one SD3 pipeline (roles as LoRA adapters on its transformer)."""
@@ -131,6 +137,9 @@ class SD3Backbone:
 
     def init_students(self) -> None:
         """Nothing to do: LoRA adapters start with B = 0, i.e. as the teacher."""
+
+    def fsdp_units(self) -> list[nn.Module]:
+        return common.fsdp_units(self.roles.bases.values())
 
     def start_stage2(self) -> None:
         self.roles.start_stage2()

@@ -16,8 +16,6 @@ from rtdmd.errors import UserError
 
 def _components(args):
     """(config, stage, step, components) of ``--run``, or of ``--config`` for the teacher alone."""
-    import torch
-
     if args.run is not None:
         from rtdmd.train.runs import load_run
 
@@ -26,10 +24,11 @@ def _components(args):
     if args.role != "teacher":
         raise UserError("--config without --run evaluates the teacher only: add --role teacher, or pass --run")
     from rtdmd.config import load_config
+    from rtdmd.train.parallel import resolve_device
     from rtdmd.train.runs import build_components
 
     config = load_config(args.config, args.overrides)
-    return config, None, None, build_components(config, torch.device(args.device))
+    return config, None, None, build_components(config, resolve_device(args.device))
 
 
 def _sampler(config, stage, components, args):
@@ -44,6 +43,8 @@ def _sampler(config, stage, components, args):
 def evaluate_command(args) -> int:
     if (args.run is None) == (args.config is None):
         raise UserError("give exactly one of --run RUN_DIR or --config CONFIG")
+    if (args.num is not None and args.num < 1) or args.teacher_steps < 1:
+        raise UserError(f"--num and --teacher-steps must be at least 1, got {args.num} and {args.teacher_steps}")
     config, stage, step, components = _components(args)
     if len(components.backbone.sample_shape) == 1:
         return _vector_world(args, config, stage, step, components)

@@ -9,27 +9,29 @@ from pathlib import Path
 
 import torch
 
+from rtdmd.backbones.base import TRAINED_ROLES
 from rtdmd.config import Config
-from rtdmd.errors import ConfigError, UserError
+from rtdmd.errors import UserError
 from rtdmd.functional import grpo, reward_bp
 from rtdmd.rng import Streams
+from rtdmd.train import preflight
 from rtdmd.train import state as train_state
 from rtdmd.train import steps
 from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint
-from rtdmd.train.distill import evaluate_ema
+from rtdmd.train.distill import evaluate_ema, stopped
 from rtdmd.train.ema import EMA
 from rtdmd.train.logging import MetricsLogger, progress
 from rtdmd.train.monitor import NonFiniteGuard
 from rtdmd.train.optim import build_optimizer, clip_and_step
-from rtdmd.train.parallel import init_distributed
+from rtdmd.train.parallel import distribute, init_distributed
 from rtdmd.train.runs import build_components, load_into, prepare_run_dir, read_run_config, role_tensors, stage_fingerprint
 from rtdmd.train.signals import stop_on_signals
 
 STAGE = "align"
 
 
-def load_stage1(from_dir: Path, config: Config, device: torch.device) -> dict[str, dict[str, torch.Tensor]]:
-    """The stage-1 result a stage-2 run starts from: its EMA generator and its fake score."""
+def check_stage1(from_dir: Path, config: Config) -> tuple[Config, Path]:
+    """The config and the checkpoint of the stage-1 run a stage-2 run starts from (no tensors loaded)."""
     stage1_config, info = read_run_config(from_dir)
     if info.get("stage") != "distill":
         raise UserError(f"--from {from_dir} is a stage-2 run: pass the run directory of 'rtdmd distill'")
@@ -39,6 +41,11 @@ def load_stage1(from_dir: Path, config: Config, device: torch.device) -> dict[st
     checkpoint = latest_checkpoint(Path(from_dir) / "checkpoints")
     if checkpoint is None:
         raise UserError(f"--from {from_dir} holds no complete checkpoint")
+    return stage1_config, checkpoint
+
+
+def load_stage1(checkpoint: Path, device: torch.device) -> dict[str, dict[str, torch.Tensor]]:
+    """The stage-1 result a stage-2 run starts from: its EMA generator and its fake score."""
     tensors, _ = load_checkpoint(checkpoint, device)
     return {"stage1_generator": role_tensors(tensors, "ema"), "stage1_fake": role_tensors(tensors, "fake")}
 
@@ -46,13 +53,12 @@ def load_stage1(from_dir: Path, config: Config, device: torch.device) -> dict[st
 def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bool = False, evaluate=None) -> dict:
     """Train stage 2 into ``run_dir`` from the stage-1 run ``from_dir``; returns the last logged metrics."""
     cfg = config.align
-    dist, device = init_distributed(config.run.device)
+    stage1_config, stage1_checkpoint = check_stage1(Path(from_dir), config)
+    preflight.check_align(config, stage1_config)
+    dist, device = init_distributed(config.run.device, config.run.parallel)
     total = cfg.samples_per_iteration
-    if total % dist.world_size:
-        raise ConfigError(f"align: prompts_per_iteration x group_size ({total}) must be divisible by the number "
-                          f"of processes ({dist.world_size})")
     run_dir = Path(run_dir)
-    stage1 = load_stage1(Path(from_dir), config, device)
+    stage1 = load_stage1(stage1_checkpoint, device)
     checkpoint = prepare_run_dir(run_dir, config, STAGE, resume, dist.is_main, {"from": str(Path(from_dir).resolve())})
     parts = build_components(config, device)
     backbone, rewards, prompts = parts.backbone, parts.rewards, parts.world.prompts("train")
@@ -63,14 +69,17 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
     load_into(backbone.trainable("generator"), stage1["stage1_generator"], "stage-1 generator")
     load_into(backbone.trainable("fake"), stage1["stage1_fake"], "stage-1 fake")
     backbone.start_stage2()
+    distribute(backbone, TRAINED_ROLES, dist)  # replicated or sharded over the ranks
     gen_params, fake_params = backbone.trainable("generator"), backbone.trainable("fake")
     optimizers = {"generator": build_optimizer(gen_params, cfg.generator), "fake": build_optimizer(fake_params, cfg.fake)}
     ema = EMA(gen_params, cfg.ema_decay)
-    guard, start, updates = NonFiniteGuard(dist), 0, 0
+    guard, start, updates = NonFiniteGuard(dist, config.run.nonfinite_patience), 0, 0
     if checkpoint is not None:
         tensors, saved = load_checkpoint(checkpoint, device)
         train_state.restore_training(tensors, backbone, ema, optimizers)
         start, guard.skipped, updates = int(saved["step"]), int(saved.get("skipped_steps", 0)), int(saved["updates"])
+        if dist.is_main:
+            print(f"rtdmd: resuming from {checkpoint} (step {start})")
     logger = MetricsLogger(run_dir, STAGE, enabled=dist.is_main, resume_step=start if checkpoint else None,
                            tensorboard=config.run.tensorboard, wandb=config.run.wandb,
                            wandb_project=config.run.wandb_project)
@@ -92,6 +101,25 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
                           dist.is_main)
 
     last: dict = {}
+
+    def end_of_iteration(step: int, metrics: dict) -> bool:
+        """Log, evaluate, checkpoint; True when the run stops here (a signal reached some rank)."""
+        nonlocal last
+        stopping = stop.agreed(dist)  # every rank stops after the same iteration
+        if step % cfg.log_every == 0 or step == cfg.iterations or stopping:
+            metrics["skipped_steps"] = guard.skipped
+            metrics = dist.mean_metrics(metrics)
+            logger.log(step, metrics)
+            last = metrics
+            bar.set_postfix(reward=f"{metrics['reward/total']:.4f}")
+        if evaluate is not None and config.run.eval_every and step % config.run.eval_every == 0 and step != cfg.iterations:
+            evaluate_ema(evaluate, parts, gen_params, ema, step, logger, dist)
+        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.iterations or stopping:
+            save(step)
+        if stopping:
+            last = stopped(stop, step, last, logger, dist)
+        return stopping
+
     bar = progress(range(start, cfg.iterations), "stage 2 (RTDMD)", config.run.progress and dist.is_main,
                    initial=start, total=cfg.iterations)
     with stop_on_signals() as stop:
@@ -113,10 +141,10 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
             metrics: dict = {f"reward/{n}": s.mean().item() for n, s in global_scores.items()}
             metrics["reward/total"] = rewards.total(global_scores).mean().item()
             metrics["trained_steps"] = "".join(map(str, trained))
-            if not guard.finite(torch.stack(list(global_scores.values())).sum(0)):
-                guard.skip()
+            if not guard.record("reward", guard.finite(torch.stack(list(global_scores.values())).sum(0))):
+                if end_of_iteration(it + 1, metrics):
+                    break
                 guard.check(lambda: save(it + 1))
-                logger.log(it + 1, {**metrics, "skipped_steps": guard.skipped})
                 continue
 
             # Fake-score update on the final samples at s = 0 (5.7).
@@ -125,7 +153,7 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
                                                 weighting=cfg.fake_weighting, gamma=cfg.fake_consistency_gamma,
                                                 estimator="two_sample", delta_max=200, sigma_range=cfg.dm_sigma_range)
                 metrics.update(m)
-                if guard.backward(loss.mean()):
+                if guard.backward(loss.mean(), "fake loss"):
                     dist.sync_grads(fake_params.values())
                     metrics["fake_grad_norm"] = clip_and_step(optimizers["fake"], fake_params, cfg.fake.grad_clip)
                 else:
@@ -156,8 +184,7 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
                 for name, value in [*((f"loss/{k}", v.sum().item() / len(local)) for k, v in loss_parts.items()),
                                     *((k, v * share) for k, v in m.items())]:
                     parts_sum[name] = parts_sum.get(name, 0.0) + value
-            if ok:
-                guard.consecutive = 0
+            if guard.record("generator loss", ok):
                 dist.sync_grads(gen_params.values())
                 metrics["generator_grad_norm"] = clip_and_step(optimizers["generator"], gen_params, cfg.generator.grad_clip)
                 updates += 1
@@ -165,27 +192,14 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
                     ema.update(gen_params)
                 metrics.update(parts_sum)
             else:
-                guard.skip()
                 optimizers["generator"].zero_grad(set_to_none=True)
-            guard.check(lambda: save(it + 1))
-
-            step = it + 1
-            if step % cfg.log_every == 0 or step == cfg.iterations:
-                metrics["skipped_steps"] = guard.skipped
-                logger.log(step, metrics)
-                last = metrics
-                bar.set_postfix(reward=f"{metrics['reward/total']:.4f}")
-            if evaluate is not None and config.run.eval_every and step % config.run.eval_every == 0 and step != cfg.iterations:
-                evaluate_ema(evaluate, parts, gen_params, ema, step, logger, dist)
-            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.iterations or stop:
-                save(step)
-            if stop:
-                logger.log(step, {"stopped_by_signal": stop.signal})
-                print(f"rtdmd: stopped by signal {stop.signal} after step {step}; checkpoint written, resume with --resume")
+            if end_of_iteration(it + 1, metrics):
                 break
+            guard.check(lambda: save(it + 1))  # too many non-finite updates in a row: checkpoint, then stop
     if evaluate is not None and not stop:
         last = {**last, **evaluate_ema(evaluate, parts, gen_params, ema, cfg.iterations, logger, dist)}
     logger.close()
+    dist.barrier()  # return on every rank once rank 0 has written the last checkpoint
     return last
 
 

@@ -54,6 +54,10 @@ def evaluate_command(args) -> int:
 def _vector_world(args, config, stage, step, components) -> int:
     from rtdmd.worlds.evaluate import evaluate_role
 
+    if args.prompts or args.reward:
+        raise UserError("--prompts and --reward apply to image models; a vector world evaluates its own prompts "
+                        "and rewards against closed-form targets")
+
     result = evaluate_role(components, config, role=args.role, num=args.num, seed=args.seed,
                            teacher_steps=args.teacher_steps)
     result = {"run": None if args.run is None else str(args.run), "stage": stage, "step": step, "role": args.role,

@@ -18,9 +18,9 @@ from rtdmd.train import preflight
 from rtdmd.train import state as train_state
 from rtdmd.train import steps
 from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint
-from rtdmd.train.distill import evaluate_ema, stopped
 from rtdmd.train.ema import EMA
 from rtdmd.train.logging import MetricsLogger, progress
+from rtdmd.train.loop import Bookkeeping
 from rtdmd.train.monitor import NonFiniteGuard
 from rtdmd.train.optim import build_optimizer, clip_and_step
 from rtdmd.train.parallel import distribute, init_distributed
@@ -83,8 +83,13 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
     logger = MetricsLogger(run_dir, STAGE, enabled=dist.is_main, resume_step=start if checkpoint else None,
                            tensorboard=config.run.tensorboard, wandb=config.run.wandb,
                            wandb_project=config.run.wandb_project)
+    bar = progress(range(start, cfg.iterations), "stage 2 (RTDMD)", config.run.progress and dist.is_main,
+                   initial=start, total=cfg.iterations)
+    book = Bookkeeping(cfg.iterations, cfg.log_every, cfg.checkpoint_every, config.run.eval_every,
+                       lambda step: save(step), logger, dist, guard, bar, ("reward", "reward/total"), evaluate,
+                       parts, gen_params, ema)
     if checkpoint is None and evaluate is not None:  # the stage-1 result: the starting point of every curve
-        evaluate_ema(evaluate, parts, gen_params, ema, 0, logger, dist)
+        book.evaluate_ema(0)
     if rewards.differentiable == [] and cfg.bp and dist.is_main:
         print("rtdmd: note: no differentiable reward, so the final step gets no reward back-propagation")
 
@@ -100,28 +105,6 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
                                                    "skipped_steps": guard.skipped, "world_size": dist.world_size},
                           dist.is_main)
 
-    last: dict = {}
-
-    def end_of_iteration(step: int, metrics: dict) -> bool:
-        """Log, evaluate, checkpoint; True when the run stops here (a signal reached some rank)."""
-        nonlocal last
-        stopping = stop.agreed(dist)  # every rank stops after the same iteration
-        if step % cfg.log_every == 0 or step == cfg.iterations or stopping:
-            metrics["skipped_steps"] = guard.skipped
-            metrics = dist.mean_metrics(metrics)
-            logger.log(step, metrics)
-            last = metrics
-            bar.set_postfix(reward=f"{metrics['reward/total']:.4f}")
-        if evaluate is not None and config.run.eval_every and step % config.run.eval_every == 0 and step != cfg.iterations:
-            evaluate_ema(evaluate, parts, gen_params, ema, step, logger, dist)
-        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.iterations or stopping:
-            save(step)
-        if stopping:
-            last = stopped(stop, step, last, logger, dist)
-        return stopping
-
-    bar = progress(range(start, cfg.iterations), "stage 2 (RTDMD)", config.run.progress and dist.is_main,
-                   initial=start, total=cfg.iterations)
     with stop_on_signals() as stop:
         for it in bar:
             # Groups: prompts_per_iteration prompts, each K times; sample j belongs to group j // K.
@@ -142,9 +125,8 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
             metrics["reward/total"] = rewards.total(global_scores).mean().item()
             metrics["trained_steps"] = "".join(map(str, trained))
             if not guard.record("reward", guard.finite(torch.stack(list(global_scores.values())).sum(0))):
-                if end_of_iteration(it + 1, metrics):
+                if book.end_of_iteration(it + 1, metrics, stop):
                     break
-                guard.check(lambda: save(it + 1))
                 continue
 
             # Fake-score update on the final samples at s = 0 (5.7).
@@ -193,14 +175,9 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
                 metrics.update(parts_sum)
             else:
                 optimizers["generator"].zero_grad(set_to_none=True)
-            if end_of_iteration(it + 1, metrics):
+            if book.end_of_iteration(it + 1, metrics, stop):
                 break
-            guard.check(lambda: save(it + 1))  # too many non-finite updates in a row: checkpoint, then stop
-    if evaluate is not None and not stop:
-        last = {**last, **evaluate_ema(evaluate, parts, gen_params, ema, cfg.iterations, logger, dist)}
-    logger.close()
-    dist.barrier()  # return on every rank once rank 0 has written the last checkpoint
-    return last
+    return book.finish(stop)
 
 
 def group_rollout(backbone, cond, draw: steps.Draw, group_size: int, sigmas, eta: float, trained, log_prob: str):

@@ -7,7 +7,6 @@ updates the generator with the sub-interval DMD gradient, then the EMA.
 
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 
@@ -23,7 +22,8 @@ from rtdmd.train.ema import EMA
 from rtdmd.train.logging import MetricsLogger, progress
 from rtdmd.train.monitor import NonFiniteGuard
 from rtdmd.train.optim import build_optimizer, clip_and_step
-from rtdmd.train.parallel import distribute, init_distributed, reshard
+from rtdmd.train.loop import Bookkeeping
+from rtdmd.train.parallel import distribute, init_distributed
 from rtdmd.train.runs import build_components, prepare_run_dir, stage_fingerprint
 from rtdmd.train.signals import stop_on_signals
 from rtdmd.rng import Streams
@@ -66,10 +66,15 @@ def run(config: Config, run_dir: str | Path, *, resume: bool = False, evaluate=N
     logger = MetricsLogger(run_dir, STAGE, enabled=dist.is_main, resume_step=start if checkpoint else None,
                            tensorboard=config.run.tensorboard, wandb=config.run.wandb,
                            wandb_project=config.run.wandb_project)
+    bar = progress(range(start, cfg.iterations), "stage 1 (AC-DMD)", config.run.progress and dist.is_main,
+                   initial=start, total=cfg.iterations)
+    book = Bookkeeping(cfg.iterations, cfg.log_every, cfg.checkpoint_every, config.run.eval_every,
+                       lambda step: save(step), logger, dist, guard, bar, ("fake", "fake_loss"), evaluate, parts,
+                       gen_params, ema)
     if init_metrics:
         logger.log(0, init_metrics)
         if evaluate is not None:  # the untrained 4-step generator: the starting point of every curve
-            evaluate_ema(evaluate, parts, gen_params, ema, 0, logger, dist)
+            book.evaluate_ema(0)
 
     streams = Streams(config.run.seed)
     local = list(dist.shard(cfg.batch_size))
@@ -90,9 +95,6 @@ def run(config: Config, run_dir: str | Path, *, resume: bool = False, evaluate=N
         x = draw.randn("x_init", purpose)
         return cond, draw, x, (lambda i: draw.randn("step_noise", purpose, i))
 
-    last: dict = {}
-    bar = progress(range(start, cfg.iterations), "stage 1 (AC-DMD)", config.run.progress and dist.is_main,
-                   initial=start, total=cfg.iterations)
     with stop_on_signals() as stop:
         for it in bar:
             metrics: dict = {}
@@ -126,48 +128,7 @@ def run(config: Config, run_dir: str | Path, *, resume: bool = False, evaluate=N
                 else:
                     optimizers["generator"].zero_grad(set_to_none=True)
 
-            step = it + 1
-            stopping = stop.agreed(dist)  # every rank stops after the same iteration
-            if step % cfg.log_every == 0 or step == cfg.iterations or stopping:
-                metrics["skipped_steps"] = guard.skipped
-                metrics = dist.mean_metrics(metrics)
-                logger.log(step, metrics)
-                last = metrics
-                bar.set_postfix(fake=f"{metrics['fake_loss']:.4f}")
-            if evaluate is not None and config.run.eval_every and step % config.run.eval_every == 0 and step != cfg.iterations:
-                evaluate_ema(evaluate, parts, gen_params, ema, step, logger, dist)
-            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.iterations or stopping:
-                save(step)
-            if stopping:
-                last = stopped(stop, step, last, logger, dist)
+            if book.end_of_iteration(it + 1, metrics, stop):
                 break
-            guard.check(lambda: save(step))  # too many non-finite updates in a row: checkpoint, then stop
-    if evaluate is not None and not stop:
-        last = {**last, **evaluate_ema(evaluate, parts, gen_params, ema, cfg.iterations, logger, dist)}
-    logger.close()
-    dist.barrier()  # return on every rank once rank 0 has written the last checkpoint
-    return last
+    return book.finish(stop)
 
-
-def stopped(stop, step: int, last: dict, logger, dist) -> dict:
-    """Log and report a stop by SIGTERM / Ctrl-C (after the checkpoint); the result carries the signal."""
-    name = signal.Signals(stop.signal).name
-    logger.log(step, {"stopped_by_signal": name})
-    if dist.is_main:
-        print(f"rtdmd: stopped by {name} after step {step}; checkpoint written, continue with --resume", flush=True)
-    return {**last, "stopped_by_signal": int(stop.signal)}
-
-
-def evaluate_ema(evaluate, parts, gen_params, ema, step, logger, dist) -> dict:
-    """Run ``evaluate(parts, step)`` on the main rank with the EMA generator loaded; log its scalars. (With FSDP
-    every forward is a collective, so every rank evaluates and the main rank logs.)"""
-    result = {}
-    if dist.is_main or dist.sharded:
-        with ema.applied(gen_params):
-            reshard(parts.backbone)  # FSDP: forward with the EMA shards, not with gathered training weights
-            result = evaluate(parts, step)
-        reshard(parts.backbone)  # ... and train on with the restored shards
-    if dist.is_main:
-        logger.log(step, {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
-    dist.barrier()
-    return result

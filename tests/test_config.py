@@ -35,6 +35,11 @@ def test_unknown_key_names_the_closest_valid_one():
     ("run.dtype=fp64", "not allowed"),
     ("distill.generator.lr=-1", "distill.generator.lr must be positive"),
     ("distill.step_list=[1000,500,750]", "strictly decreasing"),
+    ("align.step_list=[1000,1000,500]", "align.step_list must be at least 2 strictly decreasing"),
+    ("align.step_list=[1500,500]", r"in \(0, 1000\]"),
+    ("align.step_list=[1000]", "at least 2"),
+    ("run.nonfinite_patience=0", "run.nonfinite_patience must be >= 1"),
+    ("run.parallel=zero3", "not allowed"),
     ("world.components.0.cov=[[1,2],[2,1]]", "positive definite"),
     ("world.prompts.a=[3]", "component indices"),
 ])
@@ -46,6 +51,12 @@ def test_bad_values_are_rejected_with_the_key(override, message):
 def test_override_syntax_errors():
     with pytest.raises(ConfigError, match="key=value"):
         resolve(BASE, ["distill.iterations"])
+    with pytest.raises(ConfigError, match=r"index 5 is out of range \(the list has 1 entries\)"):
+        resolve(BASE, ["world.components.5.cov=1"])
+    with pytest.raises(ConfigError, match="'x' must be a list index"):
+        resolve(BASE, ["world.components.x.cov=1"])
+    with pytest.raises(ConfigError, match="'weight' is not a section"):
+        resolve(BASE, ["world.components.0.weight.x=1"])
 
 
 def test_preset_fills_defaults_and_explicit_values_win():

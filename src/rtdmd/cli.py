@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from rtdmd.errors import UserError
@@ -19,12 +20,25 @@ COMMANDS = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """Command-line mistakes end like every other user error: one line, exit code 2 (``--help`` shows usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"rtdmd: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rtdmd", description=__doc__.split(".")[0] + ".")
+    parser = Parser(prog="rtdmd", description=__doc__.split(".")[0] + ".")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(name).add_parser(sub)
     return parser
+
+
+def _rank_tag() -> str:
+    """``[rank N] `` in the processes of a multi-process launch other than rank 0 (whose errors are untagged)."""
+    rank = os.environ.get("RANK", "0")
+    return "" if rank == "0" or os.environ.get("WORLD_SIZE", "1") == "1" else f"[rank {rank}] "
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as err:
-        print(f"rtdmd: error: {err}", file=sys.stderr)
+        print(f"rtdmd: error: {_rank_tag()}{' '.join(str(err).splitlines())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rtdmd: interrupted", file=sys.stderr)

@@ -50,7 +50,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "align.bp_loss": "linear",
         "align.bp_weight": 1.0,
         "align.policy_reduction": "unbiased_sum",
-        "align.dm_sigma_range": [0.02, 0.1],
+        "align.dm_sigma_range": [0.03, 0.15],
         "align.fake_weighting": "uniform",
         "align.dm_backprop": "full",
     },
@@ -161,8 +161,9 @@ class AlignConfig:
         check(self.group_size >= 2, f"group_size must be >= 2 (a group baseline needs 2 samples), got {self.group_size}")
         check(self.micro_batch >= 0, "micro_batch must be >= 0")
         check(0 < self.eta <= 1, f"eta must lie in (0, 1] (stage 2 needs stochastic steps), got {self.eta}")
-        check(len(self.step_list) >= 2 and list(self.step_list) == sorted(self.step_list, reverse=True),
-              "step_list must be decreasing with at least 2 steps")
+        check(len(self.step_list) >= 2 and all(0 < s <= 1000 for s in self.step_list)
+              and list(self.step_list) == sorted(set(self.step_list), reverse=True),
+              f"step_list must be at least 2 strictly decreasing values in (0, 1000], got {list(self.step_list)}")
         n_stochastic = len(self.step_list) - 1
         check(1 <= self.subset_size <= n_stochastic,
               f"subset_size must lie in [1, {n_stochastic}] (the stochastic steps), got {self.subset_size}")
@@ -194,6 +195,11 @@ class RunConfig:
     progress: bool = True
     eval_samples: int = 2000  # samples per prompt for evaluation metrics (vector worlds)
     eval_every: int = 0  # evaluate the EMA generator every N iterations during training (0: only at the end)
+    nonfinite_patience: int = 20  # stop (with a checkpoint) after this many consecutive non-finite updates
+
+    def __post_init__(self):
+        check(self.eval_samples >= 1 and self.eval_every >= 0, "eval_samples must be >= 1 and eval_every >= 0")
+        check(self.nonfinite_patience >= 1, f"nonfinite_patience must be >= 1, got {self.nonfinite_patience}")
 
 
 @dataclass(frozen=True)
@@ -238,21 +244,31 @@ def _resolver(section: str, kind: str) -> type:
     return registry.config_class(section, kind)
 
 
+def _list_index(node: list, part: str, dotted: str) -> int:
+    try:
+        index = int(part)
+    except ValueError:
+        raise ConfigError(f"cannot set '{dotted}': '{part}' must be a list index (0 to {len(node) - 1})") from None
+    if not 0 <= index < len(node):
+        raise ConfigError(f"cannot set '{dotted}': index {index} is out of range (the list has {len(node)} entries)")
+    return index
+
+
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = tree
     for part in parts[:-1]:
         if isinstance(node, list):
-            node = node[int(part)]
-            continue
-        nxt = node.get(part)
-        if nxt is None:
-            nxt = node[part] = {}
+            nxt = node[_list_index(node, part, dotted)]
+        else:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
         if not isinstance(nxt, (dict, list)):
             raise ConfigError(f"cannot set '{dotted}': '{part}' is not a section")
         node = nxt
     if isinstance(node, list):
-        node[int(parts[-1])] = value
+        node[_list_index(node, parts[-1], dotted)] = value
     else:
         node[parts[-1]] = value
 
@@ -281,13 +297,7 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def _normalise_rewards(raw: dict) -> None:
-    if "reward" in raw and "rewards" in raw:
-        raise ConfigError("give either 'reward' (one) or 'rewards' (a weighted list), not both")
-    if "reward" in raw:
-        raw["rewards"] = [raw.pop("reward")]
     entries = raw.get("rewards")
-    if entries is None:
-        raise ConfigError("missing config key 'reward' (e.g. reward: {kind: linear, w: [0, 1]})")
     if not isinstance(entries, list) or not entries:
         raise ConfigError("'rewards' must be a non-empty list of {kind: ..., weight: ...}")
     from rtdmd import registry
@@ -306,6 +316,17 @@ def _normalise_rewards(raw: dict) -> None:
     raw["rewards"] = normalised
 
 
+def resolve_rewards(entries: list[dict]) -> tuple[RewardEntry, ...]:
+    """Reward entries from a list of ``{kind: ..., weight: ..., ...}`` (checked like a config's ``rewards``)."""
+    raw = {"rewards": copy.deepcopy(entries)}
+    _normalise_rewards(raw)
+    out = []
+    for i, entry in enumerate(raw["rewards"]):
+        params = entry.pop("params")
+        out.append(dataclasses.replace(configtools.build(RewardEntry, entry, f"rewards[{i}]", _resolver), params=params))
+    return tuple(out)
+
+
 def resolve(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Build a :class:`Config` from a raw dict plus ``key=value`` overrides, applying the preset's defaults."""
     raw = copy.deepcopy(raw) if raw else {}
@@ -322,16 +343,16 @@ def resolve(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     for key, value in PRESETS[preset].items():
         if not _has_dotted(raw, key):
             _set_dotted(raw, key, copy.deepcopy(value))
-    _normalise_rewards(raw)
-    # RewardEntry.params is already a built dataclass: keep it out of generic coercion.
-    rewards = raw.pop("rewards")
-    config = configtools.build(Config, {**raw, "rewards": []}, "", _resolver)
-    entries = []
-    for entry in rewards:
-        params = entry.pop("params")
-        built = configtools.build(RewardEntry, entry, f"rewards[{len(entries)}]", _resolver)
-        entries.append(dataclasses.replace(built, params=params))
-    return dataclasses.replace(config, rewards=tuple(entries))
+    if "reward" in raw and "rewards" in raw:
+        raise ConfigError("give either 'reward' (one) or 'rewards' (a weighted list), not both")
+    if "reward" not in raw and "rewards" not in raw:
+        raise ConfigError("missing config key 'reward' (e.g. reward: {kind: linear, w: [0, 1]})")
+    entries = raw.pop("rewards", None) or [raw.pop("reward")]
+    if not isinstance(entries, list):
+        raise ConfigError("'rewards' must be a non-empty list of {kind: ..., weight: ...}")
+    # RewardEntry.params is a built dataclass: keep it out of the generic coercion of the other sections.
+    rewards = resolve_rewards(entries)
+    return dataclasses.replace(configtools.build(Config, {**raw, "rewards": []}, "", _resolver), rewards=rewards)
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -341,6 +362,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raw = yaml.safe_load(file.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"config file {file} is not valid UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"config file {file} cannot be read: {err.strerror}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -13,6 +13,7 @@ KINDS: dict[str, dict[str, tuple[str, str, str]]] = {
     "world": {
         "gmm": ("rtdmd.worlds.gmm", "GMMWorldConfig", "build"),
         "prompts": ("rtdmd.worlds.prompts", "PromptsWorldConfig", "build"),
+        "shapes": ("rtdmd.worlds.shapes", "ShapesWorldConfig", "build"),
     },
     "backbone": {
         "mlp": ("rtdmd.backbones.mlp", "MLPBackboneConfig", "build"),
@@ -30,6 +31,9 @@ KINDS: dict[str, dict[str, tuple[str, str, str]]] = {
         "hpsv2": ("rtdmd.rewards.hpsv2", "HPSv2Config", "build_hpsv2"),
         "compositional": ("rtdmd.rewards.compositional", "CompositionalConfig", "build_compositional"),
         "remote": ("rtdmd.rewards.remote", "RemoteConfig", "build_remote"),
+        "shapes_clip": ("rtdmd.worlds.shapes.rewards", "ShapesCLIPConfig", "build_clip"),
+        "shapes_pref": ("rtdmd.worlds.shapes.rewards", "ShapesPrefConfig", "build_pref"),
+        "shapes_oracle": ("rtdmd.worlds.shapes.rewards", "ShapesOracleConfig", "build_oracle"),
     },
 }
 

@@ -40,16 +40,25 @@ def sample_seeds(seed: int, num_prompts: int, num_per_prompt: int) -> list[list[
 
 
 @torch.no_grad()
+def sample_images(backbone: Backbone, prompts: Sequence[str], seeds: Sequence[int], *, sigmas: Tensor, eta: float,
+                  role: str = "generator", guidance: float | None = None, batch_size: int = 256,
+                  decode: bool = True) -> Tensor:
+    """One sample per ``(prompts[i], seeds[i])`` pair, in batches; decoded unless ``decode=False``."""
+    outputs = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = slice(start, start + batch_size)
+        cond = backbone.encode(list(prompts[chunk]))
+        x = sample(backbone, role, cond, sigmas, eta, seeded_generators(seeds[chunk]), guidance)
+        outputs.append(backbone.decode(x) if decode else x)
+    return torch.cat(outputs)
+
+
 def generate(backbone: Backbone, prompts: Sequence[str], num_per_prompt: int, seed: int, *, sigmas: Tensor,
              eta: float, role: str = "generator", guidance: float | None = None, batch_size: int = 256,
              decode: bool = True) -> tuple[Tensor, list[int]]:
     """``num_per_prompt`` samples of every prompt (prompt-major order) and the seed of each sample."""
     seeds = [s for row in sample_seeds(seed, len(prompts), num_per_prompt) for s in row]
     texts = [p for p in prompts for _ in range(num_per_prompt)]
-    outputs = []
-    for start in range(0, len(texts), batch_size):
-        chunk = slice(start, start + batch_size)
-        cond = backbone.encode(texts[chunk])
-        x = sample(backbone, role, cond, sigmas, eta, seeded_generators(seeds[chunk]), guidance)
-        outputs.append(backbone.decode(x) if decode else x)
-    return torch.cat(outputs), seeds
+    x = sample_images(backbone, texts, seeds, sigmas=sigmas, eta=eta, role=role, guidance=guidance,
+                      batch_size=batch_size, decode=decode)
+    return x, seeds

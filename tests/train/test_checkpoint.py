@@ -47,3 +47,32 @@ def test_keep_prunes_old(tmp_path):
         save_checkpoint(tmp_path, step, {"w": torch.full((1,), float(step))}, {"step": step}, keep=2)
     assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_00000003", "step_00000004"]
     assert os.path.exists(tmp_path / "LATEST")
+
+
+class Killed(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("where, newest", [("2", 1), ("2:renamed", 2)])
+def test_crash_during_save_leaves_the_newest_complete_checkpoint(tmp_path, monkeypatch, where, newest):
+    # The test hook's SIGKILL is replaced by an exception: the files on disk are what a kill leaves (the real
+    # SIGKILL is in test_preemption.py). Before the manifest: step 1 is the newest complete checkpoint; after
+    # the rename: step 2 is, although LATEST still names step 1.
+    import rtdmd.train.checkpoint as checkpoint
+
+    def kill(pid, signum):
+        raise Killed
+
+    monkeypatch.setattr(checkpoint.os, "kill", kill)
+    monkeypatch.setenv(checkpoint.CRASH_HOOK, where)
+    save_checkpoint(tmp_path, 1, {"w": torch.full((3,), 1.0)}, {"step": 1})
+    with pytest.raises(Killed):
+        save_checkpoint(tmp_path, 2, {"w": torch.full((3,), 2.0)}, {"step": 2})
+    assert (tmp_path / "LATEST").read_text() == "step_00000001"
+    assert len(list(tmp_path.glob(".tmp_step_00000002_*"))) == (1 if where == "2" else 0)
+    latest = latest_checkpoint(tmp_path)
+    tensors, state = load_checkpoint(latest)
+    assert latest.name == f"step_{newest:08d}" and state["step"] == newest and tensors["w"][0] == newest
+    monkeypatch.delenv(checkpoint.CRASH_HOOK)
+    save_checkpoint(tmp_path, 3, {"w": torch.full((3,), 3.0)}, {"step": 3})
+    assert not list(tmp_path.glob(".tmp*")) and (tmp_path / "LATEST").read_text() == "step_00000003"

@@ -85,7 +85,7 @@ def test_subgrpo_plus_final_step_bp_is_unbiased():
         traj = group_rollout(gen, cond, draw, k, SIGMAS, ETA, trained, "gaussian")
         scores = rewards.score(traj.final, [""] * len(indices))
         adv = grpo.advantages_exact(scores, rewards.weights, k, beta)
-        losses = generator_losses(gen, rewards, cfg, beta, SIGMAS, trained, cond, traj, adv, [""] * len(indices),
+        losses, _ = generator_losses(gen, rewards, cfg, beta, SIGMAS, trained, cond, traj, adv, [""] * len(indices),
                                   [{}] * len(indices), draw)
         loss = sum(losses.values()).mean()
         grad_a, grad_b = torch.autograd.grad(loss, [gen.A, gen.B])

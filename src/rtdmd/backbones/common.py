@@ -7,7 +7,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from rtdmd.backbones.base import ROLES, Cond
 from rtdmd.configtools import check
@@ -63,6 +63,18 @@ class PromptCache:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+
+def fsdp_units(transformers) -> list[nn.Module]:
+    """The units FSDP2 shards (``run.parallel: fsdp``), in order: every block of each transformer (joint and
+    single-stream), then the transformer itself (embeddings, final norm and projection). A base shared by several
+    roles is listed once; text encoders and the VAE stay replicated (they only encode prompts and decode)."""
+    units: list[nn.Module] = []
+    for model in dict.fromkeys(transformers):
+        for name in ("transformer_blocks", "single_transformer_blocks"):
+            units += list(getattr(model, name, None) or [])
+        units.append(model)
+    return units
 
 
 def role_guidance(role: str, guidance: float | None, teacher_guidance: float) -> float:

@@ -42,6 +42,23 @@ class Flux1Config:
     def __post_init__(self):
         common.check_common(self, multiple=16)
 
+    def preflight(self, config=None) -> None:
+        """Before any model loads (rtdmd.train.preflight): a FLUX.1 folder whose guidance fits guidance_mode."""
+        from rtdmd.backbones.loading import pipeline_folder, read_config
+
+        folder = pipeline_folder(self.path, "FluxPipeline")
+        check_guidance_mode(self, bool(read_config(folder, "transformer/config.json").get("guidance_embeds")))
+
+
+def check_guidance_mode(cfg: Flux1Config, has_embedding: bool) -> None:
+    """A guidance-distilled model (``guidance_embeds``) takes the teacher's scale as an input, others use CFG."""
+    if cfg.guidance_mode == "embedded" and not has_embedding:
+        raise UserError("backbone.guidance_mode 'embedded' needs a guidance-distilled FLUX.1 (guidance_embeds: "
+                        "true in transformer/config.json); this model has none: use guidance_mode auto or cfg")
+    if cfg.guidance_mode == "cfg" and has_embedding:
+        raise UserError("backbone.guidance_mode 'cfg' with a guidance-distilled FLUX.1 (guidance_embeds: true): "
+                        "its teacher_guidance is the guidance input; use guidance_mode auto or embedded")
+
 
 class Flux1Backbone:
     """Teacher, generator and fake score of one FLUX.1 pipeline (roles as LoRA adapters on its transformer)."""
@@ -50,12 +67,7 @@ class Flux1Backbone:
         self.pipe, self.cfg, self.device, self.dtype = pipe, cfg, torch.device(device), dtype
         transformer = pipe.transformer
         has_embedding = bool(transformer.config.guidance_embeds)
-        if cfg.guidance_mode == "embedded" and not has_embedding:
-            raise UserError("backbone.guidance_mode 'embedded' needs a guidance-distilled FLUX.1 (guidance_embeds: "
-                            "true in transformer/config.json); this model has none: use guidance_mode auto or cfg")
-        if cfg.guidance_mode == "cfg" and has_embedding:
-            raise UserError("backbone.guidance_mode 'cfg' with a guidance-distilled FLUX.1 (guidance_embeds: true): "
-                            "its teacher_guidance is the guidance input; use guidance_mode auto or embedded")
+        check_guidance_mode(cfg, has_embedding)
         self.embedded_guidance = has_embedding
         self.scale = pipe.vae_scale_factor
         multiple = 2 * self.scale
@@ -136,6 +148,9 @@ class Flux1Backbone:
 
     def init_students(self) -> None:
         """Nothing to do: LoRA adapters start with B = 0, i.e. as the teacher."""
+
+    def fsdp_units(self) -> list[nn.Module]:
+        return common.fsdp_units(self.roles.bases.values())
 
     def start_stage2(self) -> None:
         self.roles.start_stage2()

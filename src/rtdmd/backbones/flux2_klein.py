@@ -51,6 +51,21 @@ class Flux2KleinConfig:
         check(len(self.hidden_layers) >= 1 and all(k >= 0 for k in self.hidden_layers),
               f"hidden_layers must be non-negative layer indices, got {list(self.hidden_layers)}")
 
+    def preflight(self, config=None) -> None:
+        """Before any model loads (rtdmd.train.preflight): klein folders, and no CFG on a step-distilled teacher."""
+        from rtdmd.backbones.loading import pipeline_folder, read_config, resolve_folder
+
+        folder = pipeline_folder(self.path, "Flux2KleinPipeline")
+        check_teacher(self, bool(read_config(folder, "model_index.json").get("is_distilled")))
+        if self.generator_path is not None:
+            resolve_folder(self.generator_path)
+
+
+def check_teacher(cfg: Flux2KleinConfig, is_distilled: bool) -> None:
+    if is_distilled and cfg.teacher_guidance != 1.0:
+        raise UserError(f"backbone.path {cfg.path} is a step-distilled klein (is_distilled: true), whose teacher "
+                        "cannot use CFG: point path at klein-base and generator_path at the distilled model")
+
 
 class Flux2KleinBackbone:
     """Teacher and fake score on klein-base, generator on its own base or the same one (LoRA adapters)."""
@@ -58,9 +73,7 @@ class Flux2KleinBackbone:
     def __init__(self, pipe, generator_transformer: nn.Module | None, cfg: Flux2KleinConfig,
                  device: torch.device, dtype: torch.dtype, generator_folder=None):
         self.pipe, self.cfg, self.device, self.dtype = pipe, cfg, torch.device(device), dtype
-        if pipe.config.is_distilled and cfg.teacher_guidance != 1.0:
-            raise UserError(f"backbone.path {cfg.path} is a step-distilled klein (is_distilled: true), whose teacher "
-                            "cannot use CFG: point path at klein-base and generator_path at the distilled model")
+        check_teacher(cfg, bool(pipe.config.is_distilled))
         layers = pipe.text_encoder.config.num_hidden_layers
         if max(cfg.hidden_layers) > layers:
             raise UserError(f"backbone.hidden_layers {list(cfg.hidden_layers)} exceed the text encoder's {layers} "
@@ -152,6 +165,9 @@ class Flux2KleinBackbone:
     def init_students(self) -> None:
         """Nothing to do: LoRA adapters start with B = 0 (the generator as its own base)."""
 
+    def fsdp_units(self) -> list[nn.Module]:
+        return common.fsdp_units(self.roles.bases.values())
+
     def start_stage2(self) -> None:
         self.roles.start_stage2()
 
@@ -164,12 +180,13 @@ class Flux2KleinBackbone:
 def build(cfg: Flux2KleinConfig, *, world=None, device: torch.device, dtype: torch.dtype) -> Flux2KleinBackbone:
     from diffusers import Flux2KleinPipeline, Flux2Transformer2DModel
 
-    from rtdmd.backbones.loading import load_pipeline, resolve_folder
+    from rtdmd.backbones.loading import from_pretrained, load_pipeline, resolve_folder
 
     pipe = load_pipeline(Flux2KleinPipeline, cfg.path, device=device, dtype=dtype)
     generator, folder = None, None
     if cfg.generator_path is not None:
         folder = resolve_folder(cfg.generator_path)
-        generator = Flux2Transformer2DModel.from_pretrained(folder, subfolder="transformer", dtype=dtype)
+        generator = from_pretrained(
+            lambda: Flux2Transformer2DModel.from_pretrained(folder, subfolder="transformer", dtype=dtype), folder)
         generator.to(device).requires_grad_(False).eval()
     return Flux2KleinBackbone(pipe, generator, cfg, device, dtype, generator_folder=folder)

@@ -55,14 +55,53 @@ def pipeline_class_name(folder: Path) -> str:
     return json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
 
 
-def load_pipeline(pipeline_cls, path: str, *, device: torch.device, dtype: torch.dtype):
-    """``pipeline_cls.from_pretrained`` of ``path`` in ``dtype`` on ``device``, every module frozen."""
+def pipeline_folder(path: str, pipeline_class: str) -> Path:
+    """The folder of ``path`` (see :func:`resolve_folder`), checked to hold a ``pipeline_class`` pipeline. Reads
+    JSON only: a config's ``preflight`` calls it before any model loads."""
     folder = resolve_folder(path)
     found = pipeline_class_name(folder)
-    if found != pipeline_cls.__name__:
+    if found != pipeline_class:
         raise UserError(f"backbone.path {path} holds a {found or 'unknown'} pipeline, but this backbone kind needs "
-                        f"a {pipeline_cls.__name__} folder: check backbone.kind and backbone.path")
-    pipe = pipeline_cls.from_pretrained(folder, dtype=dtype, **null_components(folder))
+                        f"a {pipeline_class} folder: check backbone.kind and backbone.path")
+    for name in components(folder):
+        if not (folder / name).is_dir():
+            raise UserError(f"backbone.path {path} lacks the folder {name}/ that model_index.json lists: "
+                            f"download or copy the complete pipeline folder")
+        if (folder / name / "config.json").is_file() and not any(
+                p.suffix in (".safetensors", ".bin") for p in (folder / name).iterdir()):
+            raise UserError(f"backbone.path {path}: {name}/ has a config.json but no weights (.safetensors or "
+                            f".bin): the download is incomplete; download or copy the folder again")
+    return folder
+
+
+def components(folder: Path) -> list[str]:
+    """The components ``model_index.json`` lists and does not declare null."""
+    index = read_config(folder, "model_index.json")
+    return [k for k, v in index.items() if isinstance(v, list) and v != [None, None]]
+
+
+def read_config(folder: Path, name: str) -> dict:
+    """A component's JSON config (e.g. ``transformer/config.json``) as a dict ({} when absent)."""
+    file = folder / name
+    try:
+        return json.loads(file.read_text()) if file.is_file() else {}
+    except (OSError, ValueError) as err:
+        raise UserError(f"{file} cannot be read as JSON ({type(err).__name__}): restore the model folder") from None
+
+
+def from_pretrained(load, folder: Path):
+    """``load()``, with a damaged or incomplete model folder reported in one line."""
+    try:
+        return load()
+    except (OSError, ValueError) as err:  # missing or unreadable weight / config files
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(".")
+        raise UserError(f"cannot load the model in {folder}: {first}; download or copy the folder again") from None
+
+
+def load_pipeline(pipeline_cls, path: str, *, device: torch.device, dtype: torch.dtype):
+    """``pipeline_cls.from_pretrained`` of ``path`` in ``dtype`` on ``device``, every module frozen."""
+    folder = pipeline_folder(path, pipeline_cls.__name__)
+    pipe = from_pretrained(lambda: pipeline_cls.from_pretrained(folder, dtype=dtype, **null_components(folder)), folder)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     for module in pipe.components.values():

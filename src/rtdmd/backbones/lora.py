@@ -100,7 +100,8 @@ class RoleAdapters:
         self.stage = 0
         self.frozen: dict[str, list[str]] = {role: [] for role in TRAINED_ROLES}
         self.current: dict[str, str] = {}
-        self._params: dict[str, dict[str, nn.Parameter]] = {}  # adapter name -> its tensors
+        self._params: dict[str, dict[str, nn.Parameter]] = {}  # adapter name -> its tensors (see _tensors)
+        self._probe: dict[str, str] = {}  # adapter name -> the full name of one of its tensors
         self._layers: dict[int, list[nn.Module]] = {}  # id(base) -> its LoRA layers
         self._state: dict[int, tuple[str, ...]] = {}  # id(base) -> its active adapters (empty: base only)
         self._new_stage()
@@ -111,19 +112,29 @@ class RoleAdapters:
             name = f"{role}_{self.stage}"
             add_adapter(self.bases[role], name, self.spec, seed=zlib.crc32(name.encode()))
             self._params[name] = _adapter_params(self.bases[role], name)
+            self._probe[name] = next(n for n, _ in self.bases[role].named_parameters() if f".{name}." in n)
             self.current[role] = name
         self._layers = {id(model): lora_layers(model) for model in self.bases.values()}
         self._state.clear()
         self._fix_requires_grad()
+
+    def _tensors(self, name: str) -> dict[str, nn.Parameter]:
+        """Adapter ``name``'s tensors as its base holds them now. Cached; the cache is rebuilt when the base's
+        parameter objects were replaced (FSDP's ``fully_shard`` replaces them with DTensor shards)."""
+        base = self.bases[name.rsplit("_", 1)[0]]
+        probe = self._probe[name]
+        if base.get_parameter(probe) is not self._params[name][probe.replace(f".{name}.", ".")]:
+            self._params[name] = _adapter_params(base, name)
+        return self._params[name]
 
     def _fix_requires_grad(self) -> None:
         # peft's add_adapter / set_adapter turn requires_grad on for whatever they activate and off for the rest;
         # ours is fixed: the current adapters train (active or not), frozen ones never do.
         for role in TRAINED_ROLES:
             for name in self.frozen[role]:
-                for p in self._params[name].values():
+                for p in self._tensors(name).values():
                     p.requires_grad_(False)
-            for p in self._params[self.current[role]].values():
+            for p in self._tensors(self.current[role]).values():
                 p.requires_grad_(True)
 
     def adapters(self, role: str) -> list[str]:
@@ -141,7 +152,7 @@ class RoleAdapters:
     def trainable(self, role: str) -> dict[str, nn.Parameter]:
         if role not in TRAINED_ROLES:
             raise ValueError(f"role {role!r} has no trainable tensors (trained roles: {TRAINED_ROLES})")
-        return dict(self._params[self.current[role]])
+        return dict(self._tensors(self.current[role]))
 
     def start_stage2(self) -> None:
         for role in TRAINED_ROLES:

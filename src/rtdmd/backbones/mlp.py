@@ -119,8 +119,15 @@ class MLPBackbone:
             loss.backward()
             optim.step()
             sched.step()
+        optim.zero_grad(set_to_none=True)  # the fit's gradients must not leak into the first training step
         self.nets["fake"].load_state_dict(copy.deepcopy(net.state_dict()))
         return {"fit_loss": loss.item()}
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """Modules to shard with FSDP2, in order: each MLP's linear layers, then the MLP (which keeps the prompt
+        embedding). The teacher is analytic and holds no parameters."""
+        nets = list(self.nets.values())
+        return [layer for net in nets for layer in net.net if isinstance(layer, nn.Linear)] + nets
 
     def start_stage2(self) -> None:
         """Full fine-tuning of the MLPs: the stage-1 weights are the starting point, nothing to fold."""

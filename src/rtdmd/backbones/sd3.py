@@ -30,7 +30,8 @@ from rtdmd.errors import UserError
 @dataclass(frozen=True)
 class SD3Config:
     kind: Literal["sd3"] = "sd3"
-    path: str = "stabilityai/stable-diffusion-3-medium-diffusers"  # local diffusers folder or hub id
+    # local diffusers folder or hub id; "" = the teacher the world ships (the embedded shapes world)
+    path: str = "stabilityai/stable-diffusion-3-medium-diffusers"
     teacher_guidance: float = 7.0  # CFG scale of the teacher (SD3-M 7.0, SD3.5-M 4.5)
     height: int = 1024
     width: int = 1024
@@ -43,6 +44,12 @@ class SD3Config:
     def __post_init__(self):
         common.check_common(self, multiple=8)
         check(self.max_sequence_length <= 512, "max_sequence_length must be <= 512")
+
+    def preflight(self, config=None) -> None:
+        """Before any model loads (rtdmd.train.preflight): the folder is an SD3 pipeline."""
+        from rtdmd.backbones.loading import pipeline_folder
+
+        pipeline_folder(self.path, "StableDiffusion3Pipeline")
 
 
 class SD3Backbone:
@@ -131,6 +138,9 @@ class SD3Backbone:
     def init_students(self) -> None:
         """Nothing to do: LoRA adapters start with B = 0, i.e. as the teacher."""
 
+    def fsdp_units(self) -> list[nn.Module]:
+        return common.fsdp_units(self.roles.bases.values())
+
     def start_stage2(self) -> None:
         self.roles.start_stage2()
 
@@ -147,5 +157,8 @@ def build(cfg: SD3Config, *, world=None, device: torch.device, dtype: torch.dtyp
 
     from rtdmd.backbones.loading import load_pipeline
 
-    pipe = load_pipeline(StableDiffusion3Pipeline, cfg.path, device=device, dtype=dtype)
+    path = cfg.path or str(getattr(world, "teacher_path", "") or "")
+    if not path:
+        raise UserError("backbone.path is empty and the world ships no teacher: give a diffusers folder or hub id")
+    pipe = load_pipeline(StableDiffusion3Pipeline, path, device=device, dtype=dtype)
     return SD3Backbone(pipe, cfg, device, dtype)

@@ -1,19 +1,67 @@
-"""``rtdmd evaluate``: the world's metrics of a trained run as JSON."""
+"""``rtdmd evaluate``: evaluate a trained run's generator (or the teacher of a run or a config).
+
+- Vector worlds (the analytic world): the world's closed-form metrics as JSON (``--out FILE.json`` or stdout).
+- Image models: generate every prompt of a prompt set for ``--num`` seeds, score with the rewards, and write
+  PNGs, per-image ``scores.jsonl`` and ``summary.json`` with the protocol into ``--out DIR``
+  (:mod:`rtdmd.evaluation`).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from rtdmd.errors import UserError
+
+
+def _components(args):
+    """(config, stage, step, components) of ``--run``, or of ``--config`` for the teacher alone."""
+    if args.run is not None:
+        from rtdmd.train.runs import load_run
+
+        loaded = load_run(args.run, args.device)
+        return loaded.config, loaded.stage, loaded.step, loaded.components
+    if args.role != "teacher":
+        raise UserError("--config without --run evaluates the teacher only: add --role teacher, or pass --run")
+    from rtdmd.config import load_config
+    from rtdmd.train.parallel import resolve_device
+    from rtdmd.train.runs import build_components
+
+    config = load_config(args.config, args.overrides)
+    return config, None, None, build_components(config, resolve_device(args.device))
+
+
+def _sampler(config, stage, components, args):
+    """Levels, eta and guidance of the role to evaluate."""
+    backbone = components.backbone
+    if args.role == "teacher":
+        return backbone.teacher_sigmas(args.teacher_steps), 0.0, None
+    stage_cfg = config.align if stage == "align" else config.distill
+    return backbone.generator_sigmas(stage_cfg.step_list), stage_cfg.eta, None
+
 
 def evaluate_command(args) -> int:
-    from rtdmd.train.runs import load_run
+    if (args.run is None) == (args.config is None):
+        raise UserError("give exactly one of --run RUN_DIR or --config CONFIG")
+    if (args.num is not None and args.num < 1) or args.teacher_steps < 1:
+        raise UserError(f"--num and --teacher-steps must be at least 1, got {args.num} and {args.teacher_steps}")
+    config, stage, step, components = _components(args)
+    if len(components.backbone.sample_shape) == 1:
+        return _vector_world(args, config, stage, step, components)
+    return _image_world(args, config, stage, step, components)
+
+
+def _vector_world(args, config, stage, step, components) -> int:
     from rtdmd.worlds.evaluate import evaluate_role
 
-    loaded = load_run(args.run, args.device)
-    result = evaluate_role(loaded.components, loaded.config, role=args.role, num=args.num, seed=args.seed,
+    if args.prompts or args.reward:
+        raise UserError("--prompts and --reward apply to image models; a vector world evaluates its own prompts "
+                        "and rewards against closed-form targets")
+
+    result = evaluate_role(components, config, role=args.role, num=args.num, seed=args.seed,
                            teacher_steps=args.teacher_steps)
-    result = {"run": str(args.run), "stage": loaded.stage, "step": loaded.step, "role": args.role, **result}
+    result = {"run": None if args.run is None else str(args.run), "stage": stage, "step": step, "role": args.role,
+              **result}
     text = json.dumps(result, indent=1)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -24,13 +72,54 @@ def evaluate_command(args) -> int:
     return 0
 
 
+def _image_world(args, config, stage, step, components) -> int:
+    import torch
+
+    from rtdmd.data.prompts import load_prompts
+    from rtdmd.evaluation import EvalProtocol, evaluate
+    from rtdmd.rewards.combine import build_reward_set
+    from rtdmd.sample import sample_images
+
+    if args.out is None:
+        raise UserError("image models write a folder of images and scores: give --out DIR")
+    prompts = load_prompts(args.prompts) if args.prompts else components.world.prompts("eval")
+    rewards = components.rewards
+    if args.reward:
+        from rtdmd.config import resolve_rewards
+
+        rewards = build_reward_set(resolve_rewards([{"kind": k} for k in args.reward]),
+                                   world=components.world, device=torch.device(args.device))
+    sigmas, eta, guidance = _sampler(config, stage, components, args)
+    backbone = components.backbone
+    cfg_scale = getattr(config.backbone, "teacher_guidance", None) if args.role == "teacher" else None
+
+    def generate(texts, seeds):
+        return sample_images(backbone, texts, seeds, sigmas=sigmas, eta=eta, role=args.role, guidance=guidance)
+
+    protocol = EvalProtocol(seeds=tuple(range(args.seed, args.seed + (args.num or 1))), steps=len(sigmas) - 1,
+                            cfg=cfg_scale, resolution=None,
+                            extra={"run": None if args.run is None else str(args.run), "stage": stage,
+                                   "checkpoint_step": step, "role": args.role, "eta": eta})
+    summary = evaluate(generate, prompts, rewards, protocol, args.out, prompt_file=args.prompts)
+    means = {name: round(s["mean"], 4) for name, s in summary["scores"].items()}
+    print(f"rtdmd: wrote {args.out} ({summary['protocol']['images']} images): {means}")
+    return 0
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="metrics of a trained run on its world")
-    p.add_argument("--run", type=Path, required=True)
-    p.add_argument("--out", type=Path, default=None, help="JSON file (default: print)")
+    p = sub.add_parser("evaluate", help="evaluate a trained run (or a teacher) on its world or a prompt set")
+    p.add_argument("--run", type=Path, default=None, help="run directory of 'rtdmd distill' or 'rtdmd align'")
+    p.add_argument("--config", default=None, help="instead of --run: a config whose teacher to evaluate")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", type=Path, default=None, help="vector worlds: JSON file (default: print); images: DIR")
     p.add_argument("--role", choices=["generator", "teacher"], default="generator")
-    p.add_argument("--num", type=int, default=None, help="samples per prompt (default: run.eval_samples)")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--num", type=int, default=None,
+                   help="samples per prompt (vector worlds default: run.eval_samples; images: 1 seed)")
+    p.add_argument("--seed", type=int, default=1234, help="first seed")
+    p.add_argument("--prompts", type=Path, default=None, help="images: a .txt or .jsonl prompt set "
+                                                               "(default: the world's held-out prompts)")
+    p.add_argument("--reward", action="append", default=None, metavar="KIND",
+                   help="images: score with these reward kinds instead of the run's rewards (repeatable)")
     p.add_argument("--teacher-steps", type=int, default=50)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=evaluate_command)

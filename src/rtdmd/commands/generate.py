@@ -24,9 +24,14 @@ def save_images(images, prompts: list[str], seeds: list[int], out: Path, steps: 
 
 
 def generate_command(args) -> int:
+    from rtdmd.errors import UserError
     from rtdmd.sample import generate
     from rtdmd.train.runs import load_run
 
+    if args.num < 1:
+        raise UserError(f"--num must be at least 1 sample per prompt, got {args.num}")
+    if args.eta is not None and not 0 <= args.eta <= 1:
+        raise UserError(f"--eta must lie in [0, 1], got {args.eta}")
     loaded = load_run(args.run, args.device)
     backbone, world = loaded.components.backbone, loaded.components.world
     prompts = args.prompt or list(world.prompts("eval").texts)

@@ -43,11 +43,12 @@ def build(kind: str, overrides: list[str], device: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from rtdmd.rewards.remote import make_server
+    from rtdmd.train.parallel import resolve_device
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must lie in [0, 65535] (0: any free port), got {args.port}")
+    device = str(resolve_device(args.device))
     reward, config = build(args.reward, args.set, device)
     try:
         server = make_server(reward, name=args.name or args.reward, kind=args.reward, config=config,

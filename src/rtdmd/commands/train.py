@@ -1,8 +1,13 @@
-"""``rtdmd distill`` (stage 1) and ``rtdmd align`` (stage 2)."""
+"""``rtdmd distill`` (stage 1) and ``rtdmd align`` (stage 2). Run them on several processes with
+``torchrun --nproc_per_node N -m rtdmd.cli distill ...`` (``run.parallel``: ddp or fsdp).
+
+Exit codes: 0 when the stage finished, or when SIGTERM stopped it after writing a checkpoint (continue with
+``--resume``); 130 when Ctrl-C stopped it after writing a checkpoint; 2 for a user error (one line on stderr)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from rtdmd.config import load_config
@@ -30,24 +35,40 @@ def _world_evaluator(config):
     return evaluate
 
 
+def _finish(result: dict, stage: str, out: Path) -> int:
+    """The exit code of a training command (see the module docstring)."""
+    from rtdmd.train.signals import exit_code
+
+    signum = result.get("stopped_by_signal")
+    if signum is None and _is_main():
+        print(f"rtdmd: {stage} finished: {out}")
+    return exit_code(signum)
+
+
+def _is_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
 def distill(args) -> int:
     from rtdmd.train import distill as stage1
+    from rtdmd.train.parallel import shutdown
 
     config = load_config(args.config, args.overrides)
     out = args.out or _default_out(args.config, "distill")
-    stage1.run(config, out, resume=args.resume, evaluate=_world_evaluator(config))
-    print(f"rtdmd: stage 1 finished: {out}")
-    return 0
+    result = stage1.run(config, out, resume=args.resume, evaluate=_world_evaluator(config))
+    shutdown()  # only on success: after an error this process exits, and torchrun stops the others
+    return _finish(result, "stage 1", out)
 
 
 def align(args) -> int:
     from rtdmd.train import align as stage2
+    from rtdmd.train.parallel import shutdown
 
     config = load_config(args.config, args.overrides)
     out = args.out or _default_out(args.config, "align")
-    stage2.run(config, out, args.from_dir, resume=args.resume, evaluate=_world_evaluator(config))
-    print(f"rtdmd: stage 2 finished: {out}")
-    return 0
+    result = stage2.run(config, out, args.from_dir, resume=args.resume, evaluate=_world_evaluator(config))
+    shutdown()  # only on success: after an error this process exits, and torchrun stops the others
+    return _finish(result, "stage 2", out)
 
 
 def add_parser(sub) -> None:

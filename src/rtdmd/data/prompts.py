@@ -32,30 +32,38 @@ class PromptSet:
 def load_prompts(path: str | Path) -> PromptSet:
     """Read a ``.txt`` or ``.jsonl`` prompt file; every problem is a one-line :class:`UserError`."""
     file = Path(path)
+    if file.is_dir():
+        raise UserError(f"prompt file {file} is a directory: give a .txt (one prompt per line) or .jsonl file")
     if not file.is_file():
         raise UserError(f"prompt file {file} does not exist: give a .txt (one prompt per line) or .jsonl file")
     try:
-        text = file.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise UserError(f"prompt file {file} is not valid UTF-8 (byte {err.start}): save it as UTF-8") from None
+        data = file.read_bytes()
     except OSError as err:
         raise UserError(f"prompt file {file} cannot be read: {err.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")  # a leading byte-order mark is not part of the first prompt
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise UserError(f"prompt file {file} is not valid UTF-8 (line {line}, byte {err.start}): "
+                        f"save it as UTF-8") from None
+    # Lines end at "\n" only: str.splitlines would also split inside prompts at U+2028, \x0c, \x1c, ...
+    lines = [line.rstrip("\r") for line in text.split("\n")]
     if file.suffix == ".jsonl":
         texts, metadata = [], []
-        for number, line in enumerate(text.splitlines(), 1):
+        for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise UserError(f"{file} line {number}: malformed JSON ({err.msg})") from None
+                raise UserError(f"{file} line {number}: malformed JSON ({err.msg}, column {err.colno})") from None
             if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
                 raise UserError(f"{file} line {number}: each line needs a string field 'prompt'")
             texts.append(record["prompt"])
             metadata.append({k: v for k, v in record.items() if k != "prompt"})
         prompts = PromptSet(tuple(texts), tuple(metadata))
     else:
-        prompts = PromptSet(tuple(line.strip() for line in text.splitlines() if line.strip()))
+        prompts = PromptSet(tuple(line.strip() for line in lines if line.strip()))
     if not prompts.texts:
         raise UserError(f"prompt file {file} holds no prompts")
     return prompts

@@ -67,8 +67,9 @@ def generator_sigmas(step_list: Sequence[int] = DENOISING_STEP_LIST, *, shift: f
 
 
 def uniform_sigmas(num_steps: int, *, shift: float | None = None, mu: float | None = None) -> Tensor:
-    """``num_steps`` teacher levels, ``u`` evenly spaced from 1 to ``1/num_steps`` (diffusers' default
-    grid), through the same shift as :func:`generator_sigmas`, ending in 0."""
+    """``num_steps`` teacher levels, ``u`` evenly spaced from 1 to ``1/num_steps`` (the grid the FLUX pipelines
+    pass to their scheduler), through the same shift as :func:`generator_sigmas`, ending in 0. Diffusers
+    backbones take their teacher grid from their own scheduler instead (SD3's differs)."""
     steps = torch.linspace(1000.0, 1000.0 / num_steps, num_steps, dtype=torch.float64)
     return generator_sigmas(steps.tolist(), shift=shift, mu=mu)
 

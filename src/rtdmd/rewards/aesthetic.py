@@ -46,6 +46,11 @@ class AestheticConfig:
     def __post_init__(self):
         check(self.path is None or bool(self.path.strip()), "path must be a folder or left unset")
 
+    def preflight(self, config=None) -> None:
+        """Before any model loads (rtdmd.train.preflight): the files are there, unless they may be downloaded."""
+        if not self.allow_download:
+            locate_files(self)
+
 
 def load_state_dict(file: Path) -> dict[str, Tensor]:
     if file.suffix == ".safetensors":
@@ -106,13 +111,18 @@ class AestheticReward:
         return self._info.as_dict()
 
 
-def build_aesthetic(cfg: AestheticConfig, *, world=None, device="cpu") -> AestheticReward:
+def locate_files(cfg: AestheticConfig) -> tuple[Path, Path]:
+    """The MLP folder and the CLIP ViT-L/14 folder."""
     folder = cc.locate("aesthetic", cc.reward_folder("aesthetic", cfg.path), (MLP_NEED,), cfg.allow_download)
     if cfg.clip_path is None and not os.environ.get(cc.ROOT_ENV):
         raise UserError(f"reward 'aesthetic' needs CLIP ViT-L/14: set its 'clip_path' to the folder of "
                         f"{clipscore.REPO}, or set {cc.ROOT_ENV} (then <root>/clipscore/ is used)")
-    clip_folder = cc.locate("aesthetic", cc.reward_folder("clipscore", cfg.clip_path), clipscore.NEEDS,
-                            cfg.allow_download)
+    return folder, cc.locate("aesthetic", cc.reward_folder("clipscore", cfg.clip_path), clipscore.NEEDS,
+                             cfg.allow_download)
+
+
+def build_aesthetic(cfg: AestheticConfig, *, world=None, device="cpu") -> AestheticReward:
+    folder, clip_folder = locate_files(cfg)
     file = next(folder / n for n in MLP_NEED.names if (folder / n).is_file())
     mlp = mlp_from_state_dict(load_state_dict(file)).to(device)
     embedder = clipscore.load_embedder(clip_folder, device, cc.DTYPES[cfg.dtype])

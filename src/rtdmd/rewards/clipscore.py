@@ -13,6 +13,7 @@ Files (``path`` or ``$RTDMD_REWARDS_ROOT/clipscore/``): the transformers folder 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from rtdmd.configtools import check
@@ -38,6 +39,15 @@ class ClipScoreConfig:
     def __post_init__(self):
         check(self.path is None or bool(self.path.strip()), "path must be a folder or left unset")
 
+    def preflight(self, config=None) -> None:
+        """Before any model loads (rtdmd.train.preflight): the files are there, unless they may be downloaded."""
+        if not self.allow_download:
+            locate_files(self)
+
+
+def locate_files(cfg: ClipScoreConfig) -> Path:
+    return cc.locate("clipscore", cc.reward_folder("clipscore", cfg.path), NEEDS, cfg.allow_download)
+
 
 def load_embedder(folder, device, dtype) -> cc.ClipEmbedder:
     model = cc.load_clip_model(folder, device, dtype)
@@ -46,7 +56,7 @@ def load_embedder(folder, device, dtype) -> cc.ClipEmbedder:
 
 
 def build_clipscore(cfg: ClipScoreConfig, *, world=None, device="cpu") -> cc.ClipCosine:
-    folder = cc.locate("clipscore", cc.reward_folder("clipscore", cfg.path), NEEDS, cfg.allow_download)
+    folder = locate_files(cfg)
     embedder = load_embedder(folder, device, cc.DTYPES[cfg.dtype])
     info = cc.ScorerInfo("clipscore", "cos(CLIP image embedding, CLIP text embedding), raw (no x100, no clamp)",
                          tuple(cc.weight_files(folder)))

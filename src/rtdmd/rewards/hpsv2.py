@@ -109,6 +109,11 @@ class HPSv2Config:
         check(self.vision_heads >= 1 and self.text_heads >= 1, "vision_heads and text_heads must be >= 1")
         check(bool(self.checkpoint.strip()), "checkpoint must name a file")
 
+    def preflight(self, config=None) -> None:
+        """Before any model loads (rtdmd.train.preflight): the files are there, unless they may be downloaded."""
+        if not self.allow_download:
+            locate_files(self)
+
 
 def strip_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
@@ -210,11 +215,16 @@ def clip_from_openclip(state: Mapping[str, Tensor], config, dtype: torch.dtype):
     return model.eval().requires_grad_(False)
 
 
-def build_hpsv2(cfg: HPSv2Config, *, world=None, device="cpu") -> cc.ClipCosine:
+def locate_files(cfg: HPSv2Config) -> tuple[Path, Path]:
+    """The checkpoint folder and the tokenizer folder."""
     need = cc.Need("HPSv2 checkpoint", (cfg.checkpoint,), HPS_REPO, HPS_REPO, (cfg.checkpoint,))
     folder = cc.locate("hpsv2", cc.reward_folder("hpsv2", cfg.path), (need,), cfg.allow_download)
     tokenizer_folder = Path(cfg.tokenizer_path).expanduser() if cfg.tokenizer_path else folder
-    cc.locate("hpsv2", tokenizer_folder, (TOKENIZER_NEED,), cfg.allow_download)
+    return folder, cc.locate("hpsv2", tokenizer_folder, (TOKENIZER_NEED,), cfg.allow_download)
+
+
+def build_hpsv2(cfg: HPSv2Config, *, world=None, device="cpu") -> cc.ClipCosine:
+    folder, tokenizer_folder = locate_files(cfg)
     tokenizer = cc.load_tokenizer(tokenizer_folder)
     state = load_checkpoint(folder / cfg.checkpoint)
     ids = {"eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id,

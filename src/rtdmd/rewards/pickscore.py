@@ -45,11 +45,21 @@ class PickScoreConfig:
     def __post_init__(self):
         check(self.path is None or bool(self.path.strip()), "path must be a folder or left unset")
 
+    def preflight(self, config=None) -> None:
+        """Before any model loads (rtdmd.train.preflight): the files are there, unless they may be downloaded."""
+        if not self.allow_download:
+            locate_files(self)
 
-def build_pickscore(cfg: PickScoreConfig, *, world=None, device="cpu") -> cc.ClipCosine:
+
+def locate_files(cfg: PickScoreConfig) -> tuple[Path, Path]:
+    """The model folder and the tokenizer / preprocessor folder."""
     folder = cc.locate("pickscore", cc.reward_folder("pickscore", cfg.path), MODEL_NEEDS, cfg.allow_download)
     processor = Path(cfg.processor_path).expanduser() if cfg.processor_path else folder
-    cc.locate("pickscore", processor, PROCESSOR_NEEDS, cfg.allow_download)
+    return folder, cc.locate("pickscore", processor, PROCESSOR_NEEDS, cfg.allow_download)
+
+
+def build_pickscore(cfg: PickScoreConfig, *, world=None, device="cpu") -> cc.ClipCosine:
+    folder, processor = locate_files(cfg)
     model = cc.load_clip_model(folder, device, cc.DTYPES[cfg.dtype])
     preprocess = cc.ClipPreprocess.from_folder(processor, model.config.vision_config.image_size)
     embedder = cc.ClipEmbedder(model, cc.load_tokenizer(processor), preprocess)

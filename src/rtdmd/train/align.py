@@ -8,29 +8,30 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
+from rtdmd.backbones.base import TRAINED_ROLES
 from rtdmd.config import Config
-from rtdmd.errors import ConfigError, UserError
+from rtdmd.errors import UserError
 from rtdmd.functional import grpo, reward_bp
 from rtdmd.rng import Streams
+from rtdmd.train import preflight
 from rtdmd.train import state as train_state
 from rtdmd.train import steps
 from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint
-from rtdmd.train.distill import evaluate_ema
 from rtdmd.train.ema import EMA
-from rtdmd.train.logging import MetricsLogger
+from rtdmd.train.logging import MetricsLogger, progress
+from rtdmd.train.loop import Bookkeeping
 from rtdmd.train.monitor import NonFiniteGuard
 from rtdmd.train.optim import build_optimizer, clip_and_step
-from rtdmd.train.parallel import init_distributed
+from rtdmd.train.parallel import distribute, init_distributed
 from rtdmd.train.runs import build_components, load_into, prepare_run_dir, read_run_config, role_tensors, stage_fingerprint
 from rtdmd.train.signals import stop_on_signals
 
 STAGE = "align"
 
 
-def load_stage1(from_dir: Path, config: Config, device: torch.device) -> dict[str, dict[str, torch.Tensor]]:
-    """The stage-1 result a stage-2 run starts from: its EMA generator and its fake score."""
+def check_stage1(from_dir: Path, config: Config) -> tuple[Config, Path]:
+    """The config and the checkpoint of the stage-1 run a stage-2 run starts from (no tensors loaded)."""
     stage1_config, info = read_run_config(from_dir)
     if info.get("stage") != "distill":
         raise UserError(f"--from {from_dir} is a stage-2 run: pass the run directory of 'rtdmd distill'")
@@ -40,7 +41,12 @@ def load_stage1(from_dir: Path, config: Config, device: torch.device) -> dict[st
     checkpoint = latest_checkpoint(Path(from_dir) / "checkpoints")
     if checkpoint is None:
         raise UserError(f"--from {from_dir} holds no complete checkpoint")
-    # Host memory: these tensors are copied into the model once and otherwise only written to checkpoints.
+    return stage1_config, checkpoint
+
+
+def load_stage1(checkpoint: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """The stage-1 result a stage-2 run starts from: its EMA generator and its fake score, in host memory (they
+    are copied into the model once, and otherwise only written to checkpoints)."""
     tensors, _ = load_checkpoint(checkpoint, "cpu")
     return {"stage1_generator": role_tensors(tensors, "ema"), "stage1_fake": role_tensors(tensors, "fake")}
 
@@ -48,13 +54,12 @@ def load_stage1(from_dir: Path, config: Config, device: torch.device) -> dict[st
 def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bool = False, evaluate=None) -> dict:
     """Train stage 2 into ``run_dir`` from the stage-1 run ``from_dir``; returns the last logged metrics."""
     cfg = config.align
-    dist, device = init_distributed(config.run.device)
+    stage1_config, stage1_checkpoint = check_stage1(Path(from_dir), config)
+    preflight.check_align(config, stage1_config)
+    dist, device = init_distributed(config.run.device, config.run.parallel)
     total = cfg.samples_per_iteration
-    if total % dist.world_size:
-        raise ConfigError(f"align: prompts_per_iteration x group_size ({total}) must be divisible by the number "
-                          f"of processes ({dist.world_size})")
     run_dir = Path(run_dir)
-    stage1 = load_stage1(Path(from_dir), config, device)
+    stage1 = load_stage1(stage1_checkpoint)
     checkpoint = prepare_run_dir(run_dir, config, STAGE, resume, dist.is_main, {"from": str(Path(from_dir).resolve())})
     parts = build_components(config, device)
     backbone, rewards, prompts = parts.backbone, parts.rewards, parts.world.prompts("train")
@@ -65,19 +70,27 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
     load_into(backbone.trainable("generator"), stage1["stage1_generator"], "stage-1 generator")
     load_into(backbone.trainable("fake"), stage1["stage1_fake"], "stage-1 fake")
     backbone.start_stage2()
+    distribute(backbone, TRAINED_ROLES, dist)  # replicated or sharded over the ranks
     gen_params, fake_params = backbone.trainable("generator"), backbone.trainable("fake")
     optimizers = {"generator": build_optimizer(gen_params, cfg.generator), "fake": build_optimizer(fake_params, cfg.fake)}
     ema = EMA(gen_params, cfg.ema_decay)
-    guard, start, updates = NonFiniteGuard(dist), 0, 0
+    guard, start, updates = NonFiniteGuard(dist, config.run.nonfinite_patience), 0, 0
     if checkpoint is not None:
         tensors, saved = load_checkpoint(checkpoint, device)
         train_state.restore_training(tensors, backbone, ema, optimizers)
         start, guard.skipped, updates = int(saved["step"]), int(saved.get("skipped_steps", 0)), int(saved["updates"])
+        if dist.is_main:
+            print(f"rtdmd: resuming from {checkpoint} (step {start})")
     logger = MetricsLogger(run_dir, STAGE, enabled=dist.is_main, resume_step=start if checkpoint else None,
                            tensorboard=config.run.tensorboard, wandb=config.run.wandb,
                            wandb_project=config.run.wandb_project)
+    bar = progress(range(start, cfg.iterations), "stage 2 (RTDMD)", config.run.progress and dist.is_main,
+                   initial=start, total=cfg.iterations)
+    book = Bookkeeping(cfg.iterations, cfg.log_every, cfg.checkpoint_every, config.run.eval_every,
+                       lambda step: save(step), logger, dist, guard, bar, ("reward", "reward/total"), evaluate,
+                       parts, gen_params, ema)
     if checkpoint is None and evaluate is not None:  # the stage-1 result: the starting point of every curve
-        evaluate_ema(evaluate, parts, gen_params, ema, 0, logger, dist)
+        book.evaluate_ema(0)
     if rewards.differentiable == [] and cfg.bp and dist.is_main:
         print("rtdmd: note: no differentiable reward, so the final step gets no reward back-propagation")
 
@@ -93,9 +106,6 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
                                                    "skipped_steps": guard.skipped, "world_size": dist.world_size},
                           dist.is_main)
 
-    last: dict = {}
-    bar = tqdm(range(start, cfg.iterations), desc="stage 2 (RTDMD)", disable=not (config.run.progress and dist.is_main),
-               initial=start, total=cfg.iterations)
     with stop_on_signals() as stop:
         for it in bar:
             # Groups: prompts_per_iteration prompts, each K times; sample j belongs to group j // K.
@@ -115,10 +125,9 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
             metrics: dict = {f"reward/{n}": s.mean().item() for n, s in global_scores.items()}
             metrics["reward/total"] = rewards.total(global_scores).mean().item()
             metrics["trained_steps"] = "".join(map(str, trained))
-            if not guard.finite(torch.stack(list(global_scores.values())).sum(0)):
-                guard.skip()
-                guard.check(lambda: save(it + 1))
-                logger.log(it + 1, {**metrics, "skipped_steps": guard.skipped})
+            if not guard.record("reward", guard.finite(torch.stack(list(global_scores.values())).sum(0))):
+                if book.end_of_iteration(it + 1, metrics, stop):
+                    break
                 continue
 
             # Fake-score update on the final samples at s = 0 (5.7).
@@ -127,7 +136,7 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
                                                 weighting=cfg.fake_weighting, gamma=cfg.fake_consistency_gamma,
                                                 estimator="two_sample", delta_max=200, sigma_range=cfg.dm_sigma_range)
                 metrics.update(m)
-                if guard.backward(loss.mean()):
+                if guard.backward(loss.mean(), "fake loss"):
                     dist.sync_grads(fake_params.values())
                     metrics["fake_grad_norm"] = clip_and_step(optimizers["fake"], fake_params, cfg.fake.grad_clip)
                 else:
@@ -145,7 +154,7 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
             ok, parts_sum = True, {}
             for begin in range(0, len(local), micro):
                 rows = slice(begin, begin + micro)
-                loss_parts = generator_losses(backbone, rewards, cfg, config.beta, sigmas, trained,
+                loss_parts, m = generator_losses(backbone, rewards, cfg, config.beta, sigmas, trained,
                                               {k: v[rows] for k, v in cond.items()}, traj.rows(rows),
                                               advantages[rows], texts[rows], meta[rows],
                                               steps.Draw(streams, it, local[rows], tuple(backbone.sample_shape), device))
@@ -154,39 +163,22 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
                     ok = False
                     break
                 (loss.sum() / len(local)).backward()
-                for name, value in loss_parts.items():
-                    parts_sum[name] = parts_sum.get(name, 0.0) + value.sum().item() / len(local)
-            if ok:
-                guard.consecutive = 0
+                share = len(range(*rows.indices(len(local)))) / len(local)
+                for name, value in [*((f"loss/{k}", v.sum().item() / len(local)) for k, v in loss_parts.items()),
+                                    *((k, v * share) for k, v in m.items())]:
+                    parts_sum[name] = parts_sum.get(name, 0.0) + value
+            if guard.record("generator loss", ok):
                 dist.sync_grads(gen_params.values())
                 metrics["generator_grad_norm"] = clip_and_step(optimizers["generator"], gen_params, cfg.generator.grad_clip)
                 updates += 1
                 if updates % cfg.ema_every == 0:
                     ema.update(gen_params)
-                metrics.update({f"loss/{k}": v for k, v in parts_sum.items()})
+                metrics.update(parts_sum)
             else:
-                guard.skip()
                 optimizers["generator"].zero_grad(set_to_none=True)
-            guard.check(lambda: save(it + 1))
-
-            step = it + 1
-            if step % cfg.log_every == 0 or step == cfg.iterations:
-                metrics["skipped_steps"] = guard.skipped
-                logger.log(step, metrics)
-                last = metrics
-                bar.set_postfix(reward=f"{metrics['reward/total']:.4f}")
-            if evaluate is not None and config.run.eval_every and step % config.run.eval_every == 0 and step != cfg.iterations:
-                evaluate_ema(evaluate, parts, gen_params, ema, step, logger, dist)
-            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.iterations or stop:
-                save(step)
-            if stop:
-                logger.log(step, {"stopped_by_signal": stop.signal})
-                print(f"rtdmd: stopped by signal {stop.signal} after step {step}; checkpoint written, resume with --resume")
+            if book.end_of_iteration(it + 1, metrics, stop):
                 break
-    if evaluate is not None and not stop:
-        last = {**last, **evaluate_ema(evaluate, parts, gen_params, ema, cfg.iterations, logger, dist)}
-    logger.close()
-    return last
+    return book.finish(stop)
 
 
 def group_rollout(backbone, cond, draw: steps.Draw, group_size: int, sigmas, eta: float, trained, log_prob: str):
@@ -203,30 +195,32 @@ def group_rollout(backbone, cond, draw: steps.Draw, group_size: int, sigmas, eta
 
 
 def generator_losses(backbone, rewards, cfg, beta: float, sigmas, trained, cond, traj: steps.Trajectory,
-                     advantages, texts, meta, draw: steps.Draw) -> dict[str, torch.Tensor]:
-    """Per-sample terms of the stage-2 generator loss for one micro-batch, already weighted."""
-    out = {}
+                     advantages, texts, meta, draw: steps.Draw) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Per-sample terms of the stage-2 generator loss for one micro-batch, already weighted, and metrics."""
+    out, metrics = {}, {}
     if cfg.policy:
-        loss, _ = steps.policy_loss(backbone, cond, traj, sigmas, cfg.eta, trained, advantages,
+        loss, m = steps.policy_loss(backbone, cond, traj, sigmas, cfg.eta, trained, advantages,
                                     log_prob=cfg.log_prob, clip_range=cfg.ppo_clip, reduction=cfg.policy_reduction)
         out["policy"] = cfg.policy_weight * loss
+        metrics.update(m)
     differentiable = rewards.differentiable
     bp = cfg.bp and bool(differentiable)
     if not (cfg.dm or bp):
-        return out
+        return out, metrics
     # The last step with gradient serves BP, and DM unless DM replays the whole rollout with gradient.
     x_final = steps.final_step(backbone, cond, traj.states[-1], float(sigmas[-2])) \
         if bp or cfg.dm_backprop != "full" else None
     if cfg.dm:
         x_dm = steps.replay_with_grad(backbone, cond, traj, sigmas, cfg.eta) if cfg.dm_backprop == "full" else x_final
         if cfg.dm_loss == "dmd":
-            loss, _ = steps.generator_dmd_loss(backbone, cond, x_dm, 0.0, draw, eta=cfg.eta, sigma_range=cfg.dm_sigma_range)
+            loss, m = steps.generator_dmd_loss(backbone, cond, x_dm, 0.0, draw, eta=cfg.eta, sigma_range=cfg.dm_sigma_range)
         else:
-            loss, _ = steps.score_dm_loss(backbone, cond, x_dm, draw, cfg.dm_sigma_range or (0.02, 0.98))
+            loss, m = steps.score_dm_loss(backbone, cond, x_dm, draw, cfg.dm_sigma_range or (0.02, 0.98))
         out["dm"] = cfg.dm_weight * loss
+        metrics.update(m)
     if bp:
         images = backbone.decode(x_final)
         r = sum(e.weight * e.bp_scale * e.reward(images, texts, meta) for e in differentiable)
         loss = reward_bp.reward_bp_loss_paper(r, cfg.bp_margin) if cfg.bp_loss == "hinge" else reward_bp.reward_bp_loss_exact(r, beta)
         out["bp"] = cfg.bp_weight * loss
-    return out
+    return out, metrics

@@ -2,9 +2,13 @@
 
 Layout: ``RUN/checkpoints/step_00001000/{tensors.safetensors, state.json, manifest.json}``. A checkpoint is
 written into a temporary directory, every file is flushed and fsync'ed, the manifest (sha256 of each file) is
-written last, and the directory is renamed into place; ``RUN/checkpoints/LATEST`` names the newest one.
-A crash at any point leaves either the previous or the new checkpoint complete, never a half-written one;
-loading verifies the manifest and falls back to the newest complete checkpoint.
+written last, and the directory is renamed into place; ``RUN/checkpoints/LATEST`` names the newest one (for
+people and tools; resuming takes the highest complete step). A crash at any point leaves either the previous or
+the new checkpoint complete, never a half-written one; loading verifies the manifest and falls back to the
+newest complete checkpoint; the next save removes the leftovers of a crashed one.
+
+Only rank 0 writes. The tensors are full (FSDP shards are gathered before), so a checkpoint does not depend on
+the number of processes that wrote it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,16 @@ from torch import Tensor
 from rtdmd.errors import UserError
 
 TENSORS, STATE, MANIFEST, LATEST = "tensors.safetensors", "state.json", "manifest.json", "LATEST"
+
+# Test hook, used by tests/train/test_preemption.py only: "STEP" kills this process with SIGKILL while checkpoint
+# STEP is half written (files in the temporary directory, no manifest); "STEP:renamed" kills it after the
+# rename, before LATEST is updated.
+CRASH_HOOK = "RTDMD_TEST_SIGKILL_IN_CHECKPOINT"
+
+
+def _crash_point(step: int, where: str = "") -> None:
+    if os.environ.get(CRASH_HOOK) == f"{step}{where}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _sha256(path: Path) -> str:
@@ -58,13 +73,15 @@ def save_checkpoint(root: Path, step: int, tensors: Mapping[str, Tensor], state:
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for leftover in root.glob(".tmp_step_*"):  # of this save, or of a crashed one
+        shutil.rmtree(leftover, ignore_errors=True)
     tmp.mkdir()
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     save_file(contiguous, str(tmp / TENSORS))
     with open(tmp / TENSORS, "rb+") as f:
         os.fsync(f.fileno())
     _fsync_write(tmp / STATE, json.dumps(state, indent=1, sort_keys=True).encode())
+    _crash_point(step)
     manifest = {"step": step, "files": {name: _sha256(tmp / name) for name in (TENSORS, STATE)}}
     _fsync_write(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
     _fsync_dir(tmp)
@@ -72,6 +89,7 @@ def save_checkpoint(root: Path, step: int, tensors: Mapping[str, Tensor], state:
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync_dir(root)
+    _crash_point(step, ":renamed")
     _fsync_write(root / f".{LATEST}.tmp", final.name.encode())
     os.replace(root / f".{LATEST}.tmp", root / LATEST)
     _fsync_dir(root)
@@ -90,13 +108,9 @@ def is_complete(path: Path) -> bool:
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete checkpoint under ``root`` (``LATEST`` first, then by step), or None."""
-    candidates = []
-    pointer = root / LATEST
-    if pointer.is_file():
-        candidates.append(root / pointer.read_text().strip())
-    candidates += sorted(root.glob("step_*"), reverse=True)
-    for path in candidates:
+    """The complete checkpoint of the highest step under ``root``, or None. (``LATEST`` may lag behind by one
+    after a crash between the rename and its update, so it is not trusted.)"""
+    for path in sorted(root.glob("step_*"), reverse=True):
         if path.is_dir() and is_complete(path):
             return path
     return None

@@ -11,18 +11,19 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
+from rtdmd.backbones.base import TRAINED_ROLES
 from rtdmd.config import Config
-from rtdmd.errors import ConfigError
+from rtdmd.train import preflight
 from rtdmd.train import state as train_state
 from rtdmd.train import steps
 from rtdmd.train.checkpoint import load_checkpoint
 from rtdmd.train.ema import EMA
-from rtdmd.train.logging import MetricsLogger
+from rtdmd.train.logging import MetricsLogger, progress
 from rtdmd.train.monitor import NonFiniteGuard
 from rtdmd.train.optim import build_optimizer, clip_and_step
-from rtdmd.train.parallel import init_distributed
+from rtdmd.train.loop import Bookkeeping
+from rtdmd.train.parallel import distribute, init_distributed
 from rtdmd.train.runs import build_components, prepare_run_dir, stage_fingerprint
 from rtdmd.train.signals import stop_on_signals
 from rtdmd.rng import Streams
@@ -34,10 +35,8 @@ def run(config: Config, run_dir: str | Path, *, resume: bool = False, evaluate=N
     """Train stage 1 into ``run_dir``; returns the last logged metrics. ``evaluate(components, step)`` (optional)
     is called on the main rank every ``run.eval_every`` steps and at the end, with the EMA generator loaded."""
     cfg = config.distill
-    dist, device = init_distributed(config.run.device)
-    if cfg.batch_size % dist.world_size:
-        raise ConfigError(f"distill.batch_size ({cfg.batch_size}) must be divisible by the number of processes "
-                          f"({dist.world_size})")
+    preflight.check_distill(config)
+    dist, device = init_distributed(config.run.device, config.run.parallel)
     run_dir = Path(run_dir)
     checkpoint = prepare_run_dir(run_dir, config, STAGE, resume, dist.is_main)
     parts = build_components(config, device)
@@ -45,27 +44,37 @@ def run(config: Config, run_dir: str | Path, *, resume: bool = False, evaluate=N
     sigmas = backbone.generator_sigmas(cfg.step_list)
     n_steps = len(sigmas) - 1
 
-    # Roles, optimisers, EMA.
-    gen_params, fake_params = backbone.trainable("generator"), backbone.trainable("fake")
+    # Roles (replicated or sharded over the ranks), optimisers, EMA.
     start, init_metrics = 0, {}
     if checkpoint is None:
         t0 = time.perf_counter()
         init_metrics = backbone.init_students() or {}
         init_metrics["init_seconds"] = time.perf_counter() - t0
+    distribute(backbone, TRAINED_ROLES, dist)
+    gen_params, fake_params = backbone.trainable("generator"), backbone.trainable("fake")
     optimizers = {"generator": build_optimizer(gen_params, cfg.generator), "fake": build_optimizer(fake_params, cfg.fake)}
+    for optimizer in optimizers.values():  # start from clean gradients, whatever init_students left behind
+        optimizer.zero_grad(set_to_none=True)
     ema = EMA(gen_params, cfg.ema_decay)
-    guard = NonFiniteGuard(dist)
+    guard = NonFiniteGuard(dist, config.run.nonfinite_patience)
     if checkpoint is not None:
         tensors, saved = load_checkpoint(checkpoint, device)
         train_state.restore_training(tensors, backbone, ema, optimizers)
         start, guard.skipped = int(saved["step"]), int(saved.get("skipped_steps", 0))
+        if dist.is_main:
+            print(f"rtdmd: resuming from {checkpoint} (step {start})")
     logger = MetricsLogger(run_dir, STAGE, enabled=dist.is_main, resume_step=start if checkpoint else None,
                            tensorboard=config.run.tensorboard, wandb=config.run.wandb,
                            wandb_project=config.run.wandb_project)
+    bar = progress(range(start, cfg.iterations), "stage 1 (AC-DMD)", config.run.progress and dist.is_main,
+                   initial=start, total=cfg.iterations)
+    book = Bookkeeping(cfg.iterations, cfg.log_every, cfg.checkpoint_every, config.run.eval_every,
+                       lambda step: save(step), logger, dist, guard, bar, ("fake", "fake_loss"), evaluate, parts,
+                       gen_params, ema)
     if init_metrics:
         logger.log(0, init_metrics)
         if evaluate is not None:  # the untrained 4-step generator: the starting point of every curve
-            evaluate_ema(evaluate, parts, gen_params, ema, 0, logger, dist)
+            book.evaluate_ema(0)
 
     streams = Streams(config.run.seed)
     local = list(dist.shard(cfg.batch_size))
@@ -86,9 +95,6 @@ def run(config: Config, run_dir: str | Path, *, resume: bool = False, evaluate=N
         x = draw.randn("x_init", purpose)
         return cond, draw, x, (lambda i: draw.randn("step_noise", purpose, i))
 
-    last: dict = {}
-    bar = tqdm(range(start, cfg.iterations), desc="stage 1 (AC-DMD)", disable=not (config.run.progress and dist.is_main),
-               initial=start, total=cfg.iterations)
     with stop_on_signals() as stop:
         for it in bar:
             metrics: dict = {}
@@ -101,7 +107,7 @@ def run(config: Config, run_dir: str | Path, *, resume: bool = False, evaluate=N
                                             estimator=cfg.consistency_estimator, delta_max=cfg.consistency_delta_max,
                                             offset=cfg.renoise_offset, clamp=cfg.tau_clamp)
             metrics.update(m, stop_k=k)
-            if guard.backward(loss.mean()):
+            if guard.backward(loss.mean(), "fake loss"):
                 dist.sync_grads(fake_params.values())
                 metrics["fake_grad_norm"] = clip_and_step(optimizers["fake"], fake_params, cfg.fake.grad_clip)
             else:
@@ -115,40 +121,14 @@ def run(config: Config, run_dir: str | Path, *, resume: bool = False, evaluate=N
                 loss, m = steps.generator_dmd_loss(backbone, cond, x_s, float(sigmas[k]), draw, eta=cfg.eta,
                                                    offset=cfg.renoise_offset, clamp=cfg.tau_clamp)
                 metrics.update(m, generator_loss=loss.mean().item(), generator_stop_k=k)
-                if guard.backward(loss.mean()):
+                if guard.backward(loss.mean(), "generator loss"):
                     dist.sync_grads(gen_params.values())
                     metrics["generator_grad_norm"] = clip_and_step(optimizers["generator"], gen_params, cfg.generator.grad_clip)
                     ema.update(gen_params)
                 else:
                     optimizers["generator"].zero_grad(set_to_none=True)
-            guard.check(lambda: save(it + 1))
 
-            step = it + 1
-            if step % cfg.log_every == 0 or step == cfg.iterations:
-                metrics["skipped_steps"] = guard.skipped
-                logger.log(step, metrics)
-                last = metrics
-                bar.set_postfix(fake=f"{metrics['fake_loss']:.4f}")
-            if evaluate is not None and config.run.eval_every and step % config.run.eval_every == 0 and step != cfg.iterations:
-                evaluate_ema(evaluate, parts, gen_params, ema, step, logger, dist)
-            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.iterations or stop:
-                save(step)
-            if stop:
-                logger.log(step, {"stopped_by_signal": stop.signal})
-                print(f"rtdmd: stopped by signal {stop.signal} after step {step}; checkpoint written, resume with --resume")
+            if book.end_of_iteration(it + 1, metrics, stop):
                 break
-    if evaluate is not None and not stop:
-        last = {**last, **evaluate_ema(evaluate, parts, gen_params, ema, cfg.iterations, logger, dist)}
-    logger.close()
-    return last
+    return book.finish(stop)
 
-
-def evaluate_ema(evaluate, parts, gen_params, ema, step, logger, dist) -> dict:
-    """Run ``evaluate(parts, step)`` on the main rank with the EMA generator loaded; log its scalars."""
-    result = {}
-    if dist.is_main:
-        with ema.applied(gen_params):
-            result = evaluate(parts, step)
-        logger.log(step, {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
-    dist.barrier()
-    return result

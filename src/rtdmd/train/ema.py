@@ -1,4 +1,5 @@
-"""Exponential moving average of trainable tensors (fp32), updated once per optimiser step."""
+"""Exponential moving average of trainable tensors (fp32), updated once per optimiser step. With FSDP each rank
+averages its own shards; ``state_dict`` gathers full tensors, ``load_state_dict`` takes full tensors."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
+
+from rtdmd.train.parallel import full_tensor, shard_like
 
 
 class EMA:
@@ -20,11 +23,13 @@ class EMA:
             self.shadow[name].lerp_(p.detach().float(), 1 - self.decay)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return dict(self.shadow)
+        """Full tensors (a collective under FSDP: call it on every rank)."""
+        return {name: full_tensor(value) for name, value in self.shadow.items()}
 
+    @torch.no_grad()
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
         for name, value in state.items():
-            self.shadow[name].copy_(value)
+            self.shadow[name].copy_(shard_like(value, self.shadow[name]))
 
     @contextmanager
     def applied(self, params: Mapping[str, nn.Parameter]) -> Iterator[None]:

@@ -5,10 +5,19 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+
+def progress(iterable, desc: str, enabled: bool, **kwargs):
+    """A tqdm bar; redirected to a file it refreshes every 30 s instead of many times a second."""
+    from tqdm.auto import tqdm
+
+    interval = 0.1 if sys.stderr.isatty() else 30.0
+    return tqdm(iterable, desc=desc, disable=not enabled, mininterval=interval, **kwargs)
 
 
 def _plain(value: Any) -> Any:
@@ -29,10 +38,12 @@ class MetricsLogger:
         if not enabled:
             return
         if resume_step is not None and self.path.exists():
-            # Drop records of steps after the checkpoint we resume from: they will be recomputed.
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and not (json.loads(line).get("stage") == stage and json.loads(line).get("step", -1) >= resume_step)]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            # Drop records of the steps after the checkpoint we resume from (they are recomputed; those of its own
+            # step stay: that step is in the checkpoint), and a last line cut short by a kill.
+            records = [(line, _parse(line)) for line in self.path.read_text(encoding="utf-8").splitlines()]
+            kept = [line for line, record in records
+                    if record is not None and not (record.get("stage") == stage and record.get("step", -1) > resume_step)]
+            self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         self._file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
             try:
@@ -73,9 +84,18 @@ class MetricsLogger:
             self._wandb.finish()
 
 
+def _parse(line: str) -> dict[str, Any] | None:
+    """One record, or None for a blank or damaged line (e.g. the last one, cut short when a run was killed)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def read_metrics(run_dir: Path, stage: str | None = None) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [r for r in map(_parse, path.read_text(encoding="utf-8").splitlines()) if r is not None]
     return [r for r in records if stage is None or r.get("stage") == stage]

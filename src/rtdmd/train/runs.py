@@ -21,7 +21,8 @@ from rtdmd import configtools, registry
 from rtdmd.config import Config, dump_config, resolve
 from rtdmd.errors import UserError
 from rtdmd.precision import torch_dtype
-from rtdmd.rewards.base import RewardSet, WeightedReward
+from rtdmd.rewards.base import RewardSet
+from rtdmd.rewards.combine import build_reward_set
 from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint
 
 # Keys of a stage section that may change between a checkpoint and its resumption.
@@ -39,9 +40,7 @@ def build_components(config: Config, device: torch.device) -> Components:
     world = registry.builder("world", config.world.kind)(config.world)
     backbone = registry.builder("backbone", config.backbone.kind)(
         config.backbone, world=world, device=device, dtype=torch_dtype(config.run.dtype))
-    entries = [WeightedReward(r.name, registry.builder("reward", r.kind)(r.params, world=world, device=device),
-                              r.weight, r.bp_scale) for r in config.rewards]
-    return Components(world, backbone, RewardSet(entries))
+    return Components(world, backbone, build_reward_set(config.rewards, world=world, device=device))
 
 
 def stage_fingerprint(config: Config, stage: str) -> dict[str, Any]:
@@ -55,6 +54,8 @@ def prepare_run_dir(run_dir: Path, config: Config, stage: str, resume: bool, is_
                     extra: dict[str, Any] | None = None) -> Path | None:
     """Create or check ``run_dir``; returns the checkpoint to resume from (None for a fresh start)."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is a file, not a run directory: choose another --out")
     checkpoint = latest_checkpoint(run_dir / "checkpoints") if run_dir.exists() else None
     if checkpoint is not None and not resume:
         raise UserError(f"{run_dir} already holds checkpoints: pass --resume to continue it or --out NEW_DIR")
@@ -68,9 +69,12 @@ def prepare_run_dir(run_dir: Path, config: Config, stage: str, resume: bool, is_
             raise UserError(f"checkpoint {checkpoint} comes from another configuration (stage, world, backbone, "
                             f"rewards or {stage} settings differ): resume with its own config.yaml or use a new --out")
     if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_config(config))
-        (run_dir / "run.json").write_text(json.dumps({"stage": stage, **(extra or {})}, indent=1))
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(dump_config(config))
+            (run_dir / "run.json").write_text(json.dumps({"stage": stage, **(extra or {})}, indent=1))
+        except OSError as err:
+            raise UserError(f"cannot write the run directory {run_dir} ({err.strerror}): choose another --out") from None
     return checkpoint
 
 
@@ -79,8 +83,17 @@ def read_run_config(run_dir: Path) -> tuple[Config, dict[str, Any]]:
     if not (run_dir / "config.yaml").is_file() or not (run_dir / "run.json").is_file():
         raise UserError(f"{run_dir} is not an rtdmd run directory (no config.yaml / run.json): pass the --out of "
                         f"an 'rtdmd distill' or 'rtdmd align' run")
-    config = resolve(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    return config, json.loads((run_dir / "run.json").read_text())
+    try:
+        config = resolve(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))
+        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    except UserError as err:
+        raise UserError(f"{run_dir}/config.yaml: {err}") from None
+    except (OSError, ValueError, yaml.YAMLError) as err:  # unreadable, not UTF-8, not YAML / JSON
+        raise UserError(f"{run_dir} holds a damaged config.yaml or run.json ({type(err).__name__}): restore them "
+                        f"from a copy of the run") from None
+    if not isinstance(info, dict) or info.get("stage") not in ("distill", "align"):
+        raise UserError(f"{run_dir}/run.json does not name the stage (distill or align): restore it from a copy")
+    return config, info
 
 
 def role_tensors(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -89,12 +102,18 @@ def role_tensors(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
 
 @torch.no_grad()
 def load_into(params: dict[str, torch.nn.Parameter], values: dict[str, torch.Tensor], what: str) -> None:
+    """Copy full tensors ``values`` into ``params`` (into this rank's shards when they are FSDP shards)."""
+    from rtdmd.train.parallel import shard_like
+
     missing = sorted(set(params) - set(values))
     if missing:
         raise UserError(f"checkpoint lacks {len(missing)} {what} tensors (e.g. {missing[0]}): it was written for "
                         f"another backbone configuration")
     for name, p in params.items():
-        p.copy_(values[name].to(p.device, p.dtype))
+        if tuple(values[name].shape) != tuple(p.shape):
+            raise UserError(f"checkpoint tensor {what} {name} has shape {list(values[name].shape)}, the model's has "
+                            f"{list(p.shape)}: it was written for another backbone configuration")
+        p.copy_(shard_like(values[name], p))
 
 
 def restore_backbone(backbone, tensors: dict[str, torch.Tensor], stage: str, use_ema: bool = True) -> None:
@@ -121,8 +140,11 @@ def load_run(run_dir: Path, device: torch.device | str = "cpu", use_ema: bool = 
     checkpoint = latest_checkpoint(Path(run_dir) / "checkpoints")
     if checkpoint is None:
         raise UserError(f"{run_dir} holds no complete checkpoint yet")
+    from rtdmd.train.parallel import resolve_device
+
+    device = resolve_device(str(device))
     tensors, state = load_checkpoint(checkpoint)
-    components = build_components(config, torch.device(device))
+    components = build_components(config, device)
     restore_backbone(components.backbone, tensors, info["stage"], use_ema)
     return LoadedRun(config, info["stage"], int(state["step"]), components)
 

@@ -1,9 +1,30 @@
-"""SIGTERM / Ctrl-C during training: finish the current iteration, write a checkpoint, exit cleanly."""
+"""SIGTERM / Ctrl-C during training: finish the current iteration, write a checkpoint, exit cleanly.
+
+Preemption (SLURM, Kubernetes, ``torchrun`` shutting its workers down) sends SIGTERM, and the ranks of a job
+may receive it in different iterations. So the request is only recorded by the handler, and at the end of
+every iteration the ranks agree (:meth:`StopRequest.agreed`, one tiny all-reduce): they all stop after the same
+iteration and write one checkpoint together. A second Ctrl-C stops at once (``KeyboardInterrupt``, no
+checkpoint); a SIGTERM after a Ctrl-C (``torchrun`` forwarding the interrupt) does not.
+
+Exit codes (see :func:`exit_code`): 0 after SIGTERM, 130 after Ctrl-C, both after the checkpoint is written.
+"""
 
 from __future__ import annotations
 
 import signal
 from contextlib import contextmanager
+
+import torch
+
+# SIGTERM asks a job to stop and come back later: the run stopped as asked, its checkpoint is complete, so it
+# exits 0 (a non-zero code would make torchrun report a failed worker and, with --max-restarts, relaunch it
+# inside the preemption). Ctrl-C is a person interrupting: 130 (128 + SIGINT), as shells expect, so that
+# ``rtdmd distill ... && rtdmd align ...`` does not go on to stage 2 with an unfinished stage 1.
+EXIT_CODES = {signal.SIGTERM: 0, signal.SIGINT: 130}
+
+
+def exit_code(signum: int | None) -> int:
+    return 0 if signum is None else EXIT_CODES.get(signum, 128 + int(signum))
 
 
 class StopRequest:
@@ -13,15 +34,27 @@ class StopRequest:
     def __bool__(self) -> bool:
         return self.signal is not None
 
+    def agreed(self, dist) -> bool:
+        """True on every rank when any rank was asked to stop (a collective: call it on all ranks, once per
+        iteration). The ranks also agree on the reason: Ctrl-C if any rank saw one, else SIGTERM."""
+        votes = torch.tensor([float(self.signal == signal.SIGINT), float(self.signal == signal.SIGTERM)],
+                             device=dist.device)
+        interrupted, terminated = dist.all_reduce_sum(votes).tolist()
+        if interrupted == 0 and terminated == 0:
+            return False
+        self.signal = signal.SIGINT if interrupted else signal.SIGTERM
+        return True
+
 
 @contextmanager
 def stop_on_signals():
     request = StopRequest()
 
     def handler(signum, frame):
-        if request.signal is not None:  # a second Ctrl-C stops at once
+        if request.signal == signal.SIGINT and signum == signal.SIGINT:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
-        request.signal = signum
+        if request.signal is None:
+            request.signal = signum
 
     previous = {}
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -129,6 +129,9 @@ class GMMWorld:
             return mixture.sample(n, generator)[0]
         pool = self.sample_teacher(prompt, n * self.cfg.resample_factor, generator)
         total = rewards.total(rewards.score(pool.float(), [self.prompt_names[prompt]] * len(pool))).double()
+        if not bool(torch.isfinite(total).all()):
+            raise UserError(f"the rewards are NaN or infinite on teacher samples of prompt "
+                            f"{self.prompt_names[prompt]!r}, so the tilted target cannot be sampled: check the rewards")
         weights = torch.softmax(total / beta, 0)
         return pool[torch.multinomial(weights, n, replacement=True, generator=generator)]
 

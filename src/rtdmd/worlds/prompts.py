@@ -27,6 +27,12 @@ class PromptsWorldConfig:
     def __post_init__(self):
         check(bool(self.train), "train must name a prompt file (.txt or .jsonl)")
 
+    def preflight(self, config=None) -> None:
+        """Before any model loads (rtdmd.train.preflight): the prompt files read (each problem is one line)."""
+        for path in (self.train, self.eval):
+            if path is not None:
+                load_prompts(path)
+
 
 class PromptsWorld:
     """Prompt sets read once from files."""

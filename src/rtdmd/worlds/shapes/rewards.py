@@ -1,0 +1,101 @@
+"""The shapes world's rewards as registered reward kinds (``rewards/base.py`` contract: images ``(B, 3, 32, 32)``
+in [0, 1], prompts, metadata -> ``(B,)`` float32).
+
+- ``shapes_clip``: cosine similarity of a tiny contrastive image-text model (the CLIPScore analogue).
+- ``shapes_pref``: logit of a small model trained to predict the oracle's verdict (the PickScore analogue).
+- ``shapes_oracle``: the oracle itself, 1.0 if the image satisfies its prompt's metadata else 0.0; not
+  differentiable (the GenEval analogue, the held-out signal).
+
+The learned ones are read from safetensors (shipped in ``assets/shapes/rewards/``, rebuilt by
+``scripts/train_world.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from rtdmd.errors import UserError
+from rtdmd.worlds.shapes import ASSETS
+
+
+@dataclass(frozen=True)
+class ShapesCLIPConfig:
+    kind: Literal["shapes_clip"] = "shapes_clip"
+    weights: str = ""  # safetensors file; "" = the shipped model
+
+
+@dataclass(frozen=True)
+class ShapesPrefConfig:
+    kind: Literal["shapes_pref"] = "shapes_pref"
+    weights: str = ""
+
+
+@dataclass(frozen=True)
+class ShapesOracleConfig:
+    kind: Literal["shapes_oracle"] = "shapes_oracle"
+
+
+def _check_images(images: Tensor) -> None:
+    from rtdmd.worlds.shapes.render import IMAGE_SIZE
+
+    if images.ndim != 4 or tuple(images.shape[1:]) != (3, IMAGE_SIZE, IMAGE_SIZE):
+        raise UserError(f"shapes rewards score (B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}) images, got "
+                        f"{tuple(images.shape)}: use them with the shapes world's teacher")
+
+
+class LearnedReward:
+    """A frozen reward net; gradients flow to the images (not to its weights)."""
+
+    differentiable = True
+
+    def __init__(self, net: torch.nn.Module, device: torch.device):
+        self.net = net.to(device)
+        self.device = device
+
+    def __call__(self, images: Tensor, prompts: Sequence[str],
+                 metadata: Sequence[Mapping[str, Any]] | None = None) -> Tensor:
+        _check_images(images)
+        return self.net(images.to(self.device, torch.float32), list(prompts)).float()
+
+
+class OracleReward:
+    differentiable = False
+
+    def __call__(self, images: Tensor, prompts: Sequence[str],
+                 metadata: Sequence[Mapping[str, Any]] | None = None) -> Tensor:
+        from rtdmd.worlds.shapes import oracle
+
+        _check_images(images)
+        if metadata is None or len(metadata) != len(images) or not all("include" in m for m in metadata):
+            raise UserError("the shapes_oracle reward needs GenEval metadata (tag, include) for every prompt: "
+                            "use the shapes world's prompt files")
+        verdicts = oracle.score(images.detach().float().cpu().numpy(), metadata)
+        return torch.as_tensor(verdicts, dtype=torch.float32, device=images.device)
+
+
+def _load(weights: str, default: str, device) -> torch.nn.Module:
+    from rtdmd.worlds.shapes import nets
+
+    path = Path(weights) if weights else ASSETS / "rewards" / default
+    if not path.is_file():
+        raise UserError(f"reward weights {path} not found: give a .safetensors file written by "
+                        "scripts/train_world.py (or leave 'weights' empty for the shipped one)")
+    return nets.load(path, device)
+
+
+def build_clip(cfg: ShapesCLIPConfig, *, world=None, device="cpu") -> LearnedReward:
+    return LearnedReward(_load(cfg.weights, "clip.safetensors", device), torch.device(device))
+
+
+def build_pref(cfg: ShapesPrefConfig, *, world=None, device="cpu") -> LearnedReward:
+    return LearnedReward(_load(cfg.weights, "pref.safetensors", device), torch.device(device))
+
+
+def build_oracle(cfg: ShapesOracleConfig, *, world=None, device="cpu") -> OracleReward:
+    return OracleReward()

@@ -13,6 +13,11 @@ name: they call the methods below.
 Conditioning is a ``dict[str, Tensor]`` of batch-first tensors, opaque to trainers (``select`` /
 ``repeat_cond`` index it). Each backbone keeps what CFG needs (for example the empty prompt's embeddings)
 internally.
+
+Two optional hooks (duck-typed; see docs/training.md): ``fsdp_units() -> list[nn.Module]``, the modules FSDP2
+shards one by one (transformer blocks, then the roots), needed for ``run.parallel: fsdp``; and on a kind's config
+class ``preflight(self, config)``, checks that read files but load no model (weights present, pipeline family),
+run before any process group or model.
 """
 
 from __future__ import annotations

@@ -18,11 +18,8 @@ from rtdmd.train import preflight
 from rtdmd.train import state as train_state
 from rtdmd.train import steps
 from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint
-from rtdmd.train.ema import EMA
-from rtdmd.train.logging import MetricsLogger, progress
-from rtdmd.train.loop import Bookkeeping
-from rtdmd.train.monitor import NonFiniteGuard
-from rtdmd.train.optim import build_optimizer, clip_and_step
+from rtdmd.train.loop import start_training
+from rtdmd.train.optim import clip_and_step
 from rtdmd.train.parallel import distribute, init_distributed
 from rtdmd.train.runs import build_components, load_into, prepare_run_dir, read_run_config, role_tensors, stage_fingerprint
 from rtdmd.train.signals import stop_on_signals
@@ -71,24 +68,11 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
     load_into(backbone.trainable("fake"), stage1["stage1_fake"], "stage-1 fake")
     backbone.start_stage2()
     distribute(backbone, TRAINED_ROLES, dist)  # replicated or sharded over the ranks
-    gen_params, fake_params = backbone.trainable("generator"), backbone.trainable("fake")
-    optimizers = {"generator": build_optimizer(gen_params, cfg.generator), "fake": build_optimizer(fake_params, cfg.fake)}
-    ema = EMA(gen_params, cfg.ema_decay)
-    guard, start, updates = NonFiniteGuard(dist, config.run.nonfinite_patience), 0, 0
-    if checkpoint is not None:
-        tensors, saved = load_checkpoint(checkpoint, device)
-        train_state.restore_training(tensors, backbone, ema, optimizers)
-        start, guard.skipped, updates = int(saved["step"]), int(saved.get("skipped_steps", 0)), int(saved["updates"])
-        if dist.is_main:
-            print(f"rtdmd: resuming from {checkpoint} (step {start})")
-    logger = MetricsLogger(run_dir, STAGE, enabled=dist.is_main, resume_step=start if checkpoint else None,
-                           tensorboard=config.run.tensorboard, wandb=config.run.wandb,
-                           wandb_project=config.run.wandb_project)
-    bar = progress(range(start, cfg.iterations), "stage 2 (RTDMD)", config.run.progress and dist.is_main,
-                   initial=start, total=cfg.iterations)
-    book = Bookkeeping(cfg.iterations, cfg.log_every, cfg.checkpoint_every, config.run.eval_every,
-                       lambda step: save(step), logger, dist, guard, bar, ("reward", "reward/total"), evaluate,
-                       parts, gen_params, ema)
+    t = start_training(config, cfg, STAGE, "stage 2 (RTDMD)", ("reward", "reward/total"), run_dir, checkpoint, parts, dist,
+                       device, evaluate)
+    gen_params, fake_params, optimizers, ema, guard, book = (t.gen_params, t.fake_params, t.optimizers, t.ema,
+                                                             t.guard, t.book)
+    updates = int(t.saved.get("updates", 0))  # optimiser steps so far (the EMA runs every ema_every of them)
     if checkpoint is None and evaluate is not None:  # the stage-1 result: the starting point of every curve
         book.evaluate_ema(0)
     if rewards.differentiable == [] and cfg.bp and dist.is_main:
@@ -106,8 +90,10 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
                                                    "skipped_steps": guard.skipped, "world_size": dist.world_size},
                           dist.is_main)
 
+    book.save = save
+
     with stop_on_signals() as stop:
-        for it in bar:
+        for it in book.bar:
             # Groups: prompts_per_iteration prompts, each K times; sample j belongs to group j // K.
             order = torch.randperm(len(prompts), generator=streams.generator("groups", it)).tolist()
             group_prompt = [order[g % len(order)] for g in range(cfg.prompts_per_iteration)]

@@ -10,19 +10,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
 
 from rtdmd.backbones.base import TRAINED_ROLES
 from rtdmd.config import Config
 from rtdmd.train import preflight
 from rtdmd.train import state as train_state
 from rtdmd.train import steps
-from rtdmd.train.checkpoint import load_checkpoint
-from rtdmd.train.ema import EMA
-from rtdmd.train.logging import MetricsLogger, progress
-from rtdmd.train.monitor import NonFiniteGuard
-from rtdmd.train.optim import build_optimizer, clip_and_step
-from rtdmd.train.loop import Bookkeeping
+from rtdmd.train.optim import clip_and_step
+from rtdmd.train.loop import start_training
 from rtdmd.train.parallel import distribute, init_distributed
 from rtdmd.train.runs import build_components, prepare_run_dir, stage_fingerprint
 from rtdmd.train.signals import stop_on_signals
@@ -45,34 +40,18 @@ def run(config: Config, run_dir: str | Path, *, resume: bool = False, evaluate=N
     n_steps = len(sigmas) - 1
 
     # Roles (replicated or sharded over the ranks), optimisers, EMA.
-    start, init_metrics = 0, {}
+    init_metrics = {}
     if checkpoint is None:
         t0 = time.perf_counter()
         init_metrics = backbone.init_students() or {}
         init_metrics["init_seconds"] = time.perf_counter() - t0
     distribute(backbone, TRAINED_ROLES, dist)
-    gen_params, fake_params = backbone.trainable("generator"), backbone.trainable("fake")
-    optimizers = {"generator": build_optimizer(gen_params, cfg.generator), "fake": build_optimizer(fake_params, cfg.fake)}
-    for optimizer in optimizers.values():  # start from clean gradients, whatever init_students left behind
-        optimizer.zero_grad(set_to_none=True)
-    ema = EMA(gen_params, cfg.ema_decay)
-    guard = NonFiniteGuard(dist, config.run.nonfinite_patience)
-    if checkpoint is not None:
-        tensors, saved = load_checkpoint(checkpoint, device)
-        train_state.restore_training(tensors, backbone, ema, optimizers)
-        start, guard.skipped = int(saved["step"]), int(saved.get("skipped_steps", 0))
-        if dist.is_main:
-            print(f"rtdmd: resuming from {checkpoint} (step {start})")
-    logger = MetricsLogger(run_dir, STAGE, enabled=dist.is_main, resume_step=start if checkpoint else None,
-                           tensorboard=config.run.tensorboard, wandb=config.run.wandb,
-                           wandb_project=config.run.wandb_project)
-    bar = progress(range(start, cfg.iterations), "stage 1 (AC-DMD)", config.run.progress and dist.is_main,
-                   initial=start, total=cfg.iterations)
-    book = Bookkeeping(cfg.iterations, cfg.log_every, cfg.checkpoint_every, config.run.eval_every,
-                       lambda step: save(step), logger, dist, guard, bar, ("fake", "fake_loss"), evaluate, parts,
-                       gen_params, ema)
+    t = start_training(config, cfg, STAGE, "stage 1 (AC-DMD)", ("fake", "fake_loss"), run_dir, checkpoint, parts, dist,
+                       device, evaluate)
+    gen_params, fake_params, optimizers, ema, guard, book = (t.gen_params, t.fake_params, t.optimizers, t.ema,
+                                                             t.guard, t.book)
     if init_metrics:
-        logger.log(0, init_metrics)
+        t.logger.log(0, init_metrics)
         if evaluate is not None:  # the untrained 4-step generator: the starting point of every curve
             book.evaluate_ema(0)
 
@@ -87,6 +66,8 @@ def run(config: Config, run_dir: str | Path, *, resume: bool = False, evaluate=N
                                                    "skipped_steps": guard.skipped, "world_size": dist.world_size},
                           dist.is_main)
 
+    book.save = save
+
     def batch(step: int, purpose: str):
         """Prompts, conditioning, initial noise and step noise of this rank's rows."""
         ids = (streams.rand(("prompt", purpose, step), local) * len(prompts)).long().clamp_max(len(prompts) - 1)
@@ -96,7 +77,7 @@ def run(config: Config, run_dir: str | Path, *, resume: bool = False, evaluate=N
         return cond, draw, x, (lambda i: draw.randn("step_noise", purpose, i))
 
     with stop_on_signals() as stop:
-        for it in bar:
+        for it in book.bar:
             metrics: dict = {}
             # Fake-score update (every iteration) on a random-stop rollout (4.1-4.5).
             k = streams.randint(("stop", "fake", it), n_steps + 1, 1) if cfg.method == "acdmd" else n_steps

@@ -78,3 +78,54 @@ class Bookkeeping:
         self.logger.close()
         self.dist.barrier()
         return self.last
+
+
+@dataclass
+class Training:
+    """The state both loops build before their first iteration."""
+
+    gen_params: dict
+    fake_params: dict
+    optimizers: dict
+    ema: object
+    guard: object
+    start: int  # the first iteration to run (0, or the step of the checkpoint resumed from)
+    saved: dict  # the JSON state of that checkpoint ({} for a fresh start)
+    logger: object
+    book: Bookkeeping
+
+
+def start_training(config, stage_cfg, stage: str, desc: str, postfix: tuple[str, str], run_dir, checkpoint, parts, dist,
+          device, evaluate) -> Training:
+    """Optimisers, EMA and non-finite guard of the trained roles; the checkpoint's state when resuming; the
+    metrics log, progress bar and :class:`Bookkeeping` (whose ``save`` the caller sets)."""
+    from rtdmd.train import state as train_state
+    from rtdmd.train.checkpoint import load_checkpoint
+    from rtdmd.train.ema import EMA
+    from rtdmd.train.logging import MetricsLogger, progress
+    from rtdmd.train.monitor import NonFiniteGuard
+    from rtdmd.train.optim import build_optimizer
+
+    backbone = parts.backbone
+    gen_params, fake_params = backbone.trainable("generator"), backbone.trainable("fake")
+    optimizers = {"generator": build_optimizer(gen_params, stage_cfg.generator),
+                  "fake": build_optimizer(fake_params, stage_cfg.fake)}
+    for optimizer in optimizers.values():  # start from clean gradients, whatever initialisation left behind
+        optimizer.zero_grad(set_to_none=True)
+    ema = EMA(gen_params, stage_cfg.ema_decay)
+    guard = NonFiniteGuard(dist, config.run.nonfinite_patience)
+    start, saved = 0, {}
+    if checkpoint is not None:
+        tensors, saved = load_checkpoint(checkpoint, device)
+        train_state.restore_training(tensors, backbone, ema, optimizers)
+        start, guard.skipped = int(saved["step"]), int(saved.get("skipped_steps", 0))
+        if dist.is_main:
+            print(f"rtdmd: resuming from {checkpoint} (step {start})")
+    logger = MetricsLogger(run_dir, stage, enabled=dist.is_main, resume_step=start if checkpoint else None,
+                           tensorboard=config.run.tensorboard, wandb=config.run.wandb,
+                           wandb_project=config.run.wandb_project)
+    bar = progress(range(start, stage_cfg.iterations), desc, config.run.progress and dist.is_main,
+                   initial=start, total=stage_cfg.iterations)
+    book = Bookkeeping(stage_cfg.iterations, stage_cfg.log_every, stage_cfg.checkpoint_every, config.run.eval_every,
+                       None, logger, dist, guard, bar, postfix, evaluate, parts, gen_params, ema)
+    return Training(gen_params, fake_params, optimizers, ema, guard, start, saved, logger, book)

@@ -119,14 +119,16 @@ def _per_tensor_adamw(params, cfg):
 
 @contextlib.contextmanager
 def per_tensor_adamw() -> Iterator[None]:
-    from rtdmd.train import align, distill
+    from benchmarks.counting import patcher
+    from rtdmd.train import align, distill, loop  # noqa: F401  (loaded, so that their names get patched)
+    from rtdmd.train.optim import build_optimizer
 
-    current = distill.build_optimizer, align.build_optimizer
-    distill.build_optimizer = align.build_optimizer = _per_tensor_adamw
+    patch = patcher()
+    patch.everywhere(build_optimizer, _per_tensor_adamw)
     try:
         yield
     finally:
-        distill.build_optimizer, align.build_optimizer = current
+        patch.undo()
 
 
 @contextlib.contextmanager

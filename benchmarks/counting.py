@@ -10,6 +10,7 @@ the call costs a forward and a backward.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -123,7 +124,7 @@ def instrumented(log: CallLog, on_iteration: Callable[[], None] | None = None,
     ones, to time iterations only), and every metrics record they log (one per iteration with ``log_every=1``)
     marks an iteration boundary in ``log`` and then calls ``on_iteration()``. ``on_components(components)`` sees
     the components once they are built."""
-    from rtdmd.train import align, distill
+    from rtdmd.train import align, distill, loop  # noqa: F401  (loaded, so that their names get patched)
     from rtdmd.train.logging import MetricsLogger
     from rtdmd.train.runs import Components, build_components
 
@@ -146,9 +147,8 @@ def instrumented(log: CallLog, on_iteration: Callable[[], None] | None = None,
                     on_iteration()
 
     patch = patcher()
-    for module in (distill, align):
-        patch(module, "build_components", build)
-        patch(module, "MetricsLogger", MarkingLogger)
+    patch.everywhere(build_components, build)
+    patch.everywhere(MetricsLogger, MarkingLogger)
     try:
         yield log
     finally:
@@ -156,18 +156,29 @@ def instrumented(log: CallLog, on_iteration: Callable[[], None] | None = None,
 
 
 def patcher():
-    """A minimal attribute patcher: ``patch(obj, name, value)`` ... ``patch.undo()`` (no pytest dependency)."""
+    """A minimal attribute patcher (no pytest dependency): ``patch(obj, name, value)``,
+    ``patch.everywhere(original, value)``, then ``patch.undo()``."""
     saved: list[tuple[Any, str, Any]] = []
 
     def patch(obj: Any, name: str, value: Any) -> None:
         saved.append((obj, name, getattr(obj, name)))
         setattr(obj, name, value)
 
+    def everywhere(original: Any, value: Any) -> None:
+        """Replace ``original`` wherever a module of ``rtdmd.train`` binds it: the loops import names at module
+        level or inside functions (which read the defining module's attribute at call time)."""
+        for module_name, module in list(sys.modules.items()):
+            if module is not None and module_name.startswith("rtdmd.train"):
+                for attr, obj in list(vars(module).items()):
+                    if obj is original:
+                        patch(module, attr, value)
+
     def undo() -> None:
         while saved:
             obj, name, value = saved.pop()
             setattr(obj, name, value)
 
+    patch.everywhere = everywhere
     patch.undo = undo
     return patch
 

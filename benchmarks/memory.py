@@ -138,7 +138,7 @@ def held(backbone, optimizers, emas, stage1) -> Held:
 def measure_run(config, root: Path) -> dict[str, Held]:
     """Train stage 1 for ``config.distill.iterations`` and stage 2 for ``config.align.iterations``, capturing
     the objects each loop builds (backbone, optimisers, EMA, stage-1 tensors), then count what they hold."""
-    from rtdmd.train import align, distill
+    from rtdmd.train import align, distill, loop  # noqa: F401  (loaded, so that their names get patched)
     from rtdmd.train.ema import EMA
     from rtdmd.train.optim import build_optimizer
     from rtdmd.train.runs import build_components
@@ -165,11 +165,10 @@ def measure_run(config, root: Path) -> dict[str, Held]:
 
     align_load_stage1 = align.load_stage1
     patch = patcher()
-    for module in (distill, align):
-        patch(module, "build_components", components)
-        patch(module, "build_optimizer", optimizer)
-        patch(module, "EMA", CapturedEMA)
-    patch(align, "load_stage1", stage1)
+    patch.everywhere(build_components, components)
+    patch.everywhere(build_optimizer, optimizer)
+    patch.everywhere(EMA, CapturedEMA)
+    patch.everywhere(align.load_stage1, stage1)
     out = {}
     try:
         distill.run(config, root / "s1")

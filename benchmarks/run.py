@@ -3,10 +3,9 @@
     python -m benchmarks.run --out docs/benchmarks.md            # everything (~10 min on 2 shared cores)
     python -m benchmarks.run --out /tmp/bench.md --quick         # fewer repeats, a smoke run (~3 min)
 
-Run from the repository root with the package importable (``pip install -e .`` or ``PYTHONPATH=src``). The
-embedded shapes world's teacher is measured when ``src/rtdmd/assets/shapes/teacher`` exists (or
-``--shapes-teacher DIR``). Timings use this process's CPU time on a CPU (see ``benchmarks/timing.py``), one
-intra-op thread unless ``--threads``; every ratio compares figures measured side by side in this run.
+Run from the repository root with the package importable (``pip install -e .`` or ``PYTHONPATH=src``).
+Timings use this process's CPU time on a CPU (see ``benchmarks/timing.py``), one intra-op thread unless
+``--threads``; every ratio compares figures measured side by side in this run.
 """
 
 from __future__ import annotations
@@ -23,9 +22,6 @@ import torch
 from benchmarks import machine, sections, timing
 from benchmarks.report import Report, table
 
-SHAPES_TEACHER = Path(__file__).resolve().parents[1] / "src" / "rtdmd" / "assets" / "shapes" / "teacher"
-
-
 def quiet() -> None:
     """No progress bars or tokenizer warnings from the libraries in the benchmark's output."""
     import diffusers
@@ -38,7 +34,7 @@ def quiet() -> None:
     warnings.filterwarnings("ignore")
 
 
-def steps(report: Report, root: Path, shapes: Path | None, quick: bool) -> list[tuple[str, object]]:
+def steps(report: Report, root: Path, quick: bool) -> list[tuple[str, object]]:
     """The benchmarks in report order: (name, thunk). ``quick`` shortens runs and repeats."""
     repeats = 3 if quick else 10
     state: dict = {}
@@ -47,7 +43,7 @@ def steps(report: Report, root: Path, shapes: Path | None, quick: bool) -> list[
         repeats=2 if quick else 3))
     return [
         ("memory (real architectures)", lambda: sections.real_architectures(report, 32, repeats)),
-        ("memory (measured)", lambda: sections.measured_memory(report, root, shapes)),
+        ("memory (measured)", lambda: sections.measured_memory(report, root)),
         ("role switches", lambda: sections.switches(report, root, repeats)),
         ("prompt cache", lambda: sections.prompt_cache(report, 4096, repeats)),
         ("noise and AdamW", lambda: sections.rng_and_adamw(report, repeats)),
@@ -67,29 +63,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--quick", action="store_true", help="fewer iterations and repeats (a smoke run)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--shapes-teacher", type=Path, default=None,
-                        help=f"the embedded world's teacher folder (default: {SHAPES_TEACHER} when present)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     timing.use(timing.default_clock("cpu"))
     quiet()
-    shapes = args.shapes_teacher or (SHAPES_TEACHER if (SHAPES_TEACHER / "model_index.json").is_file() else None)
     started, wall0, load0 = time.strftime("%Y-%m-%d %H:%M"), time.perf_counter(), machine.load()
     report = Report()
     loads = {}
     with tempfile.TemporaryDirectory(prefix="rtdmd-bench-") as tmp:
         root = args.work or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        for name, step in steps(report, root, shapes, args.quick):
+        for name, step in steps(report, root, args.quick):
             print(f"benchmarks: {name} ...", flush=True)
             t0 = time.perf_counter()
             step()
             loads[name] = (machine.load(), time.perf_counter() - t0)
     minutes = (time.perf_counter() - wall0) / 60
     info = machine.describe(torch.device("cpu")) | {"clock": timing.CLOCK.name + " (process CPU time)"}
-    command = " ".join(["python -m benchmarks.run --out", str(args.out), *(["--quick"] if args.quick else []),
-                        *([f"--shapes-teacher {args.shapes_teacher}"] if args.shapes_teacher else [])])
+    command = " ".join(["python -m benchmarks.run --out", str(args.out), *(["--quick"] if args.quick else [])])
     head = f"""# Benchmarks
 
 Generated on {started} ({minutes:.0f} min) by

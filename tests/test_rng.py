@@ -60,3 +60,28 @@ def test_key_seed_is_stable():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dtype(dtype):
     assert Streams(0).randn(("k",), [0, 1], (3,), dtype=dtype).dtype == dtype
+
+
+def test_draws_equal_the_out_of_place_formulas():
+    """The in-place implementation gives the bits of the plain formulas (so runs stay reproducible)."""
+    def lowbias32(x):
+        x = x ^ (x >> 16)
+        x = (x * 0x7FEB352D) & 0xFFFFFFFF
+        x = x ^ (x >> 15)
+        x = (x * 0x846CA68B) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    def randn(seed, key, indices, shape):
+        k = key_seed(seed, *key)
+        k0, k1 = k & 0xFFFFFFFF, (k >> 32) & 0xFFFFFFFF
+        idx = torch.tensor(indices, dtype=torch.int64)
+        s0 = lowbias32(lowbias32(idx ^ k0) ^ k1)
+        s1 = lowbias32(s0 ^ k0 ^ 0x5BD1E995)
+        counter = torch.arange(2 * math.prod(shape), dtype=torch.int64)
+        bits = lowbias32(lowbias32(counter[None, :] ^ s0[:, None]) ^ s1[:, None])
+        u = ((bits >> 8).float() + 0.5) / float(1 << 24)
+        u1, u2 = u[:, 0::2].double(), u[:, 1::2].double()
+        return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2)).reshape(-1, *shape).float()
+
+    for shape, indices in (((3,), [0, 5]), ((4, 8, 8), [2, 1, 7]), ((16, 32, 32), [0])):
+        assert torch.equal(Streams(11).randn(("n", 4), indices, shape), randn(11, ("n", 4), indices, shape))

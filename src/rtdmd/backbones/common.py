@@ -53,9 +53,12 @@ class PromptCache:
             self._rows.move_to_end(prompt)
             rows.append(self._rows[prompt])
         out = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
-        evictable = [p for p in self._rows if p not in self.pinned]  # least recently used first
-        for prompt in evictable[:max(0, len(evictable) - max(self.capacity, len(prompts)))]:
-            del self._rows[prompt]
+        # Only walk the cache when it is over capacity: the teacher looks up the empty prompt at every call.
+        excess = len(self._rows) - len(self.pinned & self._rows.keys()) - max(self.capacity, len(prompts))
+        if excess > 0:
+            evictable = [p for p in self._rows if p not in self.pinned]  # least recently used first
+            for prompt in evictable[:excess]:
+                del self._rows[prompt]
         return out
 
     def __len__(self) -> int:

@@ -60,6 +60,27 @@ def add_adapter(model: nn.Module, name: str, spec: LoraSpec, seed: int) -> None:
             param.data = param.data.float()
 
 
+def lora_layers(model: nn.Module) -> list[nn.Module]:
+    """The peft adapter layers of ``model`` (one per adapted linear layer)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def set_active(layers: Sequence[nn.Module], adapters: Sequence[str]) -> None:
+    """Run ``adapters`` on every layer of ``layers`` (none: the base alone, adapters disabled).
+
+    This is what peft's ``set_adapter`` and ``disable_adapters`` leave on each layer (its ``active_adapters`` and
+    ``disable_adapters``), without what makes them cost milliseconds per call, which the loops pay several times
+    per iteration (a role switch cost about as much as a tiny model's forward): a walk over every module of the
+    model, a package-version check, and toggling ``requires_grad`` (ours is fixed, see ``_fix_requires_grad``).
+    """
+    for layer in layers:
+        layer._disable_adapters = not adapters
+        if adapters:
+            layer._active_adapter = list(adapters)
+
+
 def _adapter_params(model: nn.Module, adapter: str) -> dict[str, nn.Parameter]:
     tag = f".{adapter}."
     return {n.replace(tag, "."): p for n, p in model.named_parameters() if tag in n}
@@ -81,7 +102,8 @@ class RoleAdapters:
         self.current: dict[str, str] = {}
         self._params: dict[str, dict[str, nn.Parameter]] = {}  # adapter name -> its tensors (see _tensors)
         self._probe: dict[str, str] = {}  # adapter name -> the full name of one of its tensors
-        self._state: dict[int, tuple[str, ...] | None] = {}
+        self._layers: dict[int, list[nn.Module]] = {}  # id(base) -> its LoRA layers
+        self._state: dict[int, tuple[str, ...]] = {}  # id(base) -> its active adapters (empty: base only)
         self._new_stage()
 
     def _new_stage(self) -> None:
@@ -92,6 +114,7 @@ class RoleAdapters:
             self._params[name] = _adapter_params(self.bases[role], name)
             self._probe[name] = next(n for n, _ in self.bases[role].named_parameters() if f".{name}." in n)
             self.current[role] = name
+        self._layers = {id(model): lora_layers(model) for model in self.bases.values()}
         self._state.clear()
         self._fix_requires_grad()
 
@@ -105,8 +128,8 @@ class RoleAdapters:
         return self._params[name]
 
     def _fix_requires_grad(self) -> None:
-        # peft's set_adapter turns requires_grad on for whatever it activates and off for the rest; ours is
-        # fixed: the current adapters train (active or not), frozen ones never do.
+        # peft's add_adapter / set_adapter turn requires_grad on for whatever they activate and off for the rest;
+        # ours is fixed: the current adapters train (active or not), frozen ones never do.
         for role in TRAINED_ROLES:
             for name in self.frozen[role]:
                 for p in self._tensors(name).values():
@@ -120,15 +143,10 @@ class RoleAdapters:
     def activate(self, role: str) -> nn.Module:
         """Set the adapters of ``role`` on its base and return that base."""
         model = self.bases[role]
-        wanted = tuple(self.adapters(role)) or None
-        if self._state.get(id(model), "unset") != wanted:
-            if wanted is None:
-                model.disable_adapters()
-            else:
-                model.enable_adapters()
-                model.set_adapter(list(wanted))
+        wanted = tuple(self.adapters(role))
+        if self._state.get(id(model)) != wanted:
+            set_active(self._layers[id(model)], wanted)
             self._state[id(model)] = wanted
-            self._fix_requires_grad()
         return model
 
     def trainable(self, role: str) -> dict[str, nn.Parameter]:

@@ -41,9 +41,10 @@ def check_stage1(from_dir: Path, config: Config) -> tuple[Config, Path]:
     return stage1_config, checkpoint
 
 
-def load_stage1(checkpoint: Path, device: torch.device) -> dict[str, dict[str, torch.Tensor]]:
-    """The stage-1 result a stage-2 run starts from: its EMA generator and its fake score."""
-    tensors, _ = load_checkpoint(checkpoint, device)
+def load_stage1(checkpoint: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """The stage-1 result a stage-2 run starts from: its EMA generator and its fake score, in host memory (they
+    are copied into the model once, and otherwise only written to checkpoints)."""
+    tensors, _ = load_checkpoint(checkpoint, "cpu")
     return {"stage1_generator": role_tensors(tensors, "ema"), "stage1_fake": role_tensors(tensors, "fake")}
 
 
@@ -55,7 +56,7 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
     dist, device = init_distributed(config.run.device, config.run.parallel)
     total = cfg.samples_per_iteration
     run_dir = Path(run_dir)
-    stage1 = load_stage1(stage1_checkpoint, device)
+    stage1 = load_stage1(stage1_checkpoint)
     checkpoint = prepare_run_dir(run_dir, config, STAGE, resume, dist.is_main, {"from": str(Path(from_dir).resolve())})
     parts = build_components(config, device)
     backbone, rewards, prompts = parts.backbone, parts.rewards, parts.world.prompts("train")
@@ -188,9 +189,13 @@ def generator_losses(backbone, rewards, cfg, beta: float, sigmas, trained, cond,
                                     log_prob=cfg.log_prob, clip_range=cfg.ppo_clip, reduction=cfg.policy_reduction)
         out["policy"] = cfg.policy_weight * loss
         metrics.update(m)
-    if not (cfg.dm or cfg.bp):
+    differentiable = rewards.differentiable
+    bp = cfg.bp and bool(differentiable)
+    if not (cfg.dm or bp):
         return out, metrics
-    x_final = steps.final_step(backbone, cond, traj.states[-1], float(sigmas[-2]))
+    # The last step with gradient serves BP, and DM unless DM replays the whole rollout with gradient.
+    x_final = steps.final_step(backbone, cond, traj.states[-1], float(sigmas[-2])) \
+        if bp or cfg.dm_backprop != "full" else None
     if cfg.dm:
         x_dm = steps.replay_with_grad(backbone, cond, traj, sigmas, cfg.eta) if cfg.dm_backprop == "full" else x_final
         if cfg.dm_loss == "dmd":
@@ -199,8 +204,7 @@ def generator_losses(backbone, rewards, cfg, beta: float, sigmas, trained, cond,
             loss, m = steps.score_dm_loss(backbone, cond, x_dm, draw, cfg.dm_sigma_range or (0.02, 0.98))
         out["dm"] = cfg.dm_weight * loss
         metrics.update(m)
-    differentiable = rewards.differentiable
-    if cfg.bp and differentiable:
+    if bp:
         images = backbone.decode(x_final)
         r = sum(e.weight * e.bp_scale * e.reward(images, texts, meta) for e in differentiable)
         loss = reward_bp.reward_bp_loss_paper(r, cfg.bp_margin) if cfg.bp_loss == "hinge" else reward_bp.reward_bp_loss_exact(r, beta)

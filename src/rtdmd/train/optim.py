@@ -16,8 +16,10 @@ from rtdmd.train.parallel import full_tensor, is_sharded, shard_like
 
 
 def build_optimizer(params: Mapping[str, nn.Parameter], cfg: OptimConfig) -> torch.optim.AdamW:
+    # foreach: torch's default on CUDA, and on a CPU the same bits as the per-tensor loop at about half its cost
+    # for hundreds of small adapter tensors.
     return torch.optim.AdamW(list(params.values()), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                             weight_decay=cfg.weight_decay)
+                             weight_decay=cfg.weight_decay, foreach=True)
 
 
 def clip_and_step(optimizer: torch.optim.Optimizer, params: Mapping[str, nn.Parameter], max_norm: float) -> float:

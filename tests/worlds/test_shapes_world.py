@@ -97,3 +97,18 @@ def test_evaluate_follows_the_worlds_contract():
     assert result["summary"]["accuracy"] < 1 and result["prompts"][held_out.texts[1]]["diversity"] > 0
     with pytest.raises(UserError, match="neither prompt file"):
         world.evaluate({"a purple hexagon": samples[held_out.texts[0]]}, rewards, beta=1.0)
+
+
+def test_training_preflight_finds_the_shipped_teacher(tmp_path):
+    """``backbone.path: ""`` in shapes/default means the world's teacher: the preflight checks that folder, and a
+    world without a teacher gets a one-line error instead of a check of the empty path."""
+    from rtdmd.config import load_config
+    from rtdmd.train.preflight import check_distill
+
+    config = load_config("shapes/default", [])
+    assert config.backbone.path == ""
+    check_distill(config, world_size=1)
+    with pytest.raises(UserError, match="model_index.json"):
+        check_distill(load_config("shapes/default", [f"world.teacher={tmp_path}"]), world_size=1)
+    with pytest.raises(UserError, match="ships no teacher"):
+        load_config("shapes/default", []).backbone.preflight(None)

@@ -46,10 +46,21 @@ class SD3Config:
         check(self.max_sequence_length <= 512, "max_sequence_length must be <= 512")
 
     def preflight(self, config=None) -> None:
-        """Before any model loads (rtdmd.train.preflight): the folder is an SD3 pipeline."""
+        """Before any model loads (rtdmd.train.preflight): the folder (or the world's teacher, when ``path`` is
+        empty) is an SD3 pipeline."""
         from rtdmd.backbones.loading import pipeline_folder
 
-        pipeline_folder(self.path, "StableDiffusion3Pipeline")
+        shipped = getattr(getattr(config, "world", None), "teacher_folder", None)
+        pipeline_folder(model_path(self.path, shipped() if shipped else None), "StableDiffusion3Pipeline")
+
+
+def model_path(path: str, world_teacher) -> str:
+    """``backbone.path``, or when it is empty the teacher folder the world ships (the shapes world does)."""
+    if path:
+        return path
+    if not world_teacher:
+        raise UserError("backbone.path is empty and the world ships no teacher: give a diffusers folder or hub id")
+    return str(world_teacher)
 
 
 class SD3Backbone:
@@ -157,8 +168,6 @@ def build(cfg: SD3Config, *, world=None, device: torch.device, dtype: torch.dtyp
 
     from rtdmd.backbones.loading import load_pipeline
 
-    path = cfg.path or str(getattr(world, "teacher_path", "") or "")
-    if not path:
-        raise UserError("backbone.path is empty and the world ships no teacher: give a diffusers folder or hub id")
+    path = model_path(cfg.path, getattr(world, "teacher_path", None))
     pipe = load_pipeline(StableDiffusion3Pipeline, path, device=device, dtype=dtype)
     return SD3Backbone(pipe, cfg, device, dtype)

@@ -53,6 +53,10 @@ class ShapesWorldConfig:
               f"image_size must be {IMAGE_SIZE} (the shapes world draws {IMAGE_SIZE}x{IMAGE_SIZE} images), "
               f"got {self.image_size}")
 
+    def teacher_folder(self) -> Path:
+        """The teacher's diffusers folder: ``teacher``, or the shipped one (known before anything loads)."""
+        return Path(self.teacher) if self.teacher else ASSETS / "teacher"
+
 
 class ShapesWorld:
     def __init__(self, cfg: ShapesWorldConfig):
@@ -60,7 +64,7 @@ class ShapesWorld:
 
         self.cfg = cfg
         self.image_size = cfg.image_size
-        self.teacher_path = Path(cfg.teacher) if cfg.teacher else ASSETS / "teacher"
+        self.teacher_path = cfg.teacher_folder()
         self.max_sequence_length = teacher.MAX_SEQUENCE_LENGTH
         self._files = {"train": cfg.train_prompts or ASSETS / "train.jsonl",
                        "eval": cfg.eval_prompts or ASSETS / "eval.jsonl"}

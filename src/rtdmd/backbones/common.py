@@ -1,10 +1,12 @@
 """Small pieces shared by the diffusers backbones (SD3, FLUX.1, FLUX.2-klein): the prompt cache, classifier-free
-guidance, the role's default guidance, config checks and the generator's schedule through the family's shift."""
+guidance, the role's default guidance, config checks, the generator's schedule through the family's shift, and the
+protocol's role methods for LoRA roles."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +14,9 @@ from torch import Tensor, nn
 from rtdmd.backbones.base import ROLES, Cond
 from rtdmd.configtools import check
 from rtdmd.functional import schedules
+
+if TYPE_CHECKING:
+    from rtdmd.backbones.lora import RoleAdapters
 
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 """LoRA targets of the published recipe: the attention projections of the joint blocks (spec 4.7)."""
@@ -111,3 +116,32 @@ def scheduler_sigmas(scheduler, num_steps: int, **kwargs) -> Tensor:
     fresh = type(scheduler).from_config(scheduler.config)
     fresh.set_timesteps(num_steps, **kwargs)
     return fresh.sigmas.detach().float().cpu()
+
+
+class LoraRoleMethods:
+    """The protocol's role methods for a backbone whose roles are LoRA adapters (``self.roles``, a
+    :class:`~rtdmd.backbones.lora.RoleAdapters`): the same for every diffusers family."""
+
+    roles: "RoleAdapters"
+
+    def trainable(self, role: str) -> dict[str, nn.Parameter]:
+        return self.roles.trainable(role)
+
+    def init_students(self) -> None:
+        """Nothing to do: LoRA adapters start with B = 0, i.e. each student starts as its base."""
+
+    def fsdp_units(self) -> list[nn.Module]:
+        return fsdp_units(self.roles.bases.values())
+
+    def start_stage2(self) -> None:
+        self.roles.start_stage2()
+
+
+SHIFT_KEYS = ("shift", "use_dynamic_shifting", "base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len")
+
+
+def shift_config(scheduler_config) -> dict:
+    """The scheduler settings that decide how a family shifts its levels (static shift or dynamic mu), for the
+    CPS scheduler of an export."""
+    return {k: scheduler_config[k] for k in SHIFT_KEYS if k in scheduler_config}
+

@@ -60,7 +60,7 @@ def check_guidance_mode(cfg: Flux1Config, has_embedding: bool) -> None:
                         "its teacher_guidance is the guidance input; use guidance_mode auto or embedded")
 
 
-class Flux1Backbone:
+class Flux1Backbone(common.LoraRoleMethods):
     """Teacher, generator and fake score of one FLUX.1 pipeline (roles as LoRA adapters on its transformer)."""
 
     def __init__(self, pipe, cfg: Flux1Config, device: torch.device, dtype: torch.dtype):
@@ -143,22 +143,8 @@ class Flux1Backbone:
             np.linspace(1.0, 1 / num_steps, num_steps)
         return common.scheduler_sigmas(self.pipe.scheduler, num_steps, sigmas=sigmas, mu=self._mu())
 
-    def trainable(self, role: str) -> dict[str, nn.Parameter]:
-        return self.roles.trainable(role)
-
-    def init_students(self) -> None:
-        """Nothing to do: LoRA adapters start with B = 0, i.e. as the teacher."""
-
-    def fsdp_units(self) -> list[nn.Module]:
-        return common.fsdp_units(self.roles.bases.values())
-
-    def start_stage2(self) -> None:
-        self.roles.start_stage2()
-
     def cps_scheduler_config(self) -> dict:
-        config = self.pipe.scheduler.config
-        keys = ("shift", "use_dynamic_shifting", "base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len")
-        return {k: config[k] for k in keys if k in config}
+        return common.shift_config(self.pipe.scheduler.config)
 
 
 def build(cfg: Flux1Config, *, world=None, device: torch.device, dtype: torch.dtype) -> Flux1Backbone:

@@ -67,7 +67,7 @@ def check_teacher(cfg: Flux2KleinConfig, is_distilled: bool) -> None:
                         "cannot use CFG: point path at klein-base and generator_path at the distilled model")
 
 
-class Flux2KleinBackbone:
+class Flux2KleinBackbone(common.LoraRoleMethods):
     """Teacher and fake score on klein-base, generator on its own base or the same one (LoRA adapters)."""
 
     def __init__(self, pipe, generator_transformer: nn.Module | None, cfg: Flux2KleinConfig,
@@ -158,18 +158,6 @@ class Flux2KleinBackbone:
         sigmas = None if self.pipe.scheduler.config.get("use_flow_sigmas", False) else \
             np.linspace(1.0, 1 / num_steps, num_steps)
         return common.scheduler_sigmas(self.pipe.scheduler, num_steps, sigmas=sigmas, mu=self._mu(num_steps))
-
-    def trainable(self, role: str) -> dict[str, nn.Parameter]:
-        return self.roles.trainable(role)
-
-    def init_students(self) -> None:
-        """Nothing to do: LoRA adapters start with B = 0 (the generator as its own base)."""
-
-    def fsdp_units(self) -> list[nn.Module]:
-        return common.fsdp_units(self.roles.bases.values())
-
-    def start_stage2(self) -> None:
-        self.roles.start_stage2()
 
     def cps_scheduler_config(self) -> dict:
         # The klein pipeline computes its empirical mu itself and passes it to set_timesteps.

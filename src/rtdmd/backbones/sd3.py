@@ -63,7 +63,7 @@ def model_path(path: str, world_teacher) -> str:
     return str(world_teacher)
 
 
-class SD3Backbone:
+class SD3Backbone(common.LoraRoleMethods):
     """Teacher, generator and fake score of one SD3 pipeline (roles as LoRA adapters on its transformer)."""
 
     def __init__(self, pipe, cfg: SD3Config, device: torch.device, dtype: torch.dtype):
@@ -142,25 +142,10 @@ class SD3Backbone:
         mu = self._mu()
         return common.scheduler_sigmas(self.pipe.scheduler, num_steps, **({} if mu is None else {"mu": mu}))
 
-    # Roles
-    def trainable(self, role: str) -> dict[str, nn.Parameter]:
-        return self.roles.trainable(role)
-
-    def init_students(self) -> None:
-        """Nothing to do: LoRA adapters start with B = 0, i.e. as the teacher."""
-
-    def fsdp_units(self) -> list[nn.Module]:
-        return common.fsdp_units(self.roles.bases.values())
-
-    def start_stage2(self) -> None:
-        self.roles.start_stage2()
-
     # Export (rtdmd.export)
     def cps_scheduler_config(self) -> dict:
         """How the CPS scheduler shifts this family's generator levels (static shift or dynamic mu)."""
-        config = self.pipe.scheduler.config
-        keys = ("shift", "use_dynamic_shifting", "base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len")
-        return {k: config[k] for k in keys if k in config}
+        return common.shift_config(self.pipe.scheduler.config)
 
 
 def build(cfg: SD3Config, *, world=None, device: torch.device, dtype: torch.dtype) -> SD3Backbone:

@@ -165,3 +165,28 @@ def test_file_hash_is_sha256(tmp_path):
     assert cc.weight_files(tmp_path) == [file]  # the file transformers loads, not every copy in the folder
     file.unlink()
     assert cc.weight_files(tmp_path) == [tmp_path / "pytorch_model.bin"]
+
+
+def test_load_weights_reads_both_formats_and_refuses_pickled_code(tmp_path):
+    import pickle
+
+    import torch
+    from safetensors.torch import save_file
+
+    from rtdmd.errors import UserError
+    from rtdmd.rewards.clip_common import load_weights
+
+    weights = {"w": torch.arange(6.0).reshape(2, 3)}
+    save_file(weights, tmp_path / "a.safetensors")
+    torch.save({"state_dict": weights}, tmp_path / "b.pt")
+    assert torch.equal(load_weights(tmp_path / "a.safetensors")["w"], weights["w"])
+    assert torch.equal(load_weights(tmp_path / "b.pt")["state_dict"]["w"], weights["w"])
+    # A pickle that would run code when unpickled (here: an object of a class torch does not allow-list).
+    (tmp_path / "c.pt").write_bytes(pickle.dumps({"w": _Sneaky()}, protocol=2))
+    with pytest.raises(UserError, match="cannot be read as weights only"):
+        load_weights(tmp_path / "c.pt")
+
+
+class _Sneaky:
+    def __reduce__(self):
+        return (print, ("this must never run",))

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from torch import Tensor, nn
 
 from rtdmd.configtools import check
@@ -53,15 +52,7 @@ class AestheticConfig:
 
 
 def load_state_dict(file: Path) -> dict[str, Tensor]:
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(file))
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"{file} cannot be read as a weights-only state dict ({type(err).__name__}): "
-                        "re-download it, or convert it to .safetensors") from None
+    state = cc.load_weights(file)
     if not isinstance(state, Mapping):
         raise UserError(f"{file} does not hold a state dict")
     return dict(state)

@@ -368,3 +368,18 @@ class ClipCosine:
 
     def info(self) -> dict[str, Any]:
         return self._info.as_dict()
+
+
+def load_weights(file: Path):
+    """What a weights file holds: a ``.safetensors`` file, or anything else through ``torch.load`` with
+    ``weights_only=True`` (never pickled code); an unreadable file is a one-line :class:`UserError`."""
+    if Path(file).suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(file))
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(f"{file} cannot be read as weights only ({type(err).__name__}): re-download it, or save "
+                        "its state dict as .safetensors") from None
+

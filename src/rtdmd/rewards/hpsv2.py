@@ -185,15 +185,7 @@ def clip_config(state: Mapping[str, Tensor], *, vision_heads: int, text_heads: i
 
 def load_checkpoint(file: Path) -> dict[str, Tensor]:
     """The OpenCLIP state dict of an HPS checkpoint: ``{"state_dict": {...}}`` or a flat dict (.pt/.safetensors)."""
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(file))
-    try:
-        raw = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"{file} cannot be read as a weights-only checkpoint ({type(err).__name__}): re-download "
-                        "it, or save its state_dict as .safetensors") from None
+    raw = cc.load_weights(file)
     state = raw.get("state_dict", raw) if isinstance(raw, Mapping) else None
     if not isinstance(state, Mapping):
         raise UserError(f"{file} holds no state dict")

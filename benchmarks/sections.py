@@ -419,19 +419,19 @@ def generation_section(report: Report, root: Path, sizes: dict[str, list[int]], 
     for name, batches in sizes.items():
         size = fixtures.SIZES[name]
         folder = fixtures.sd3_folder(root / f"sd3_{name}", size)
-        backbone, merged = generation.build_pair(folder, size, root)
-        results = generation.measure(backbone, merged, fixtures.PROMPTS, batches, repeats)
+        backbone, folded = generation.build_pair(folder, size)
+        results = generation.measure(backbone, folded, fixtures.PROMPTS, batches, repeats)
         for r in results:
-            rows.append([f"SD3 {name}", r.batch, ms(r.generator), ms(r.generator / r.batch), ms(r.merged / r.batch),
-                         ms(r.teacher), ms(r.teacher / r.batch), f"{r.ratio:.2f}", f"{r.ratio_merged:.2f}",
+            rows.append([f"SD3 {name}", r.batch, ms(r.generator), ms(r.generator / r.batch), ms(r.folded / r.batch),
+                         ms(r.teacher), ms(r.teacher / r.batch), f"{r.ratio_folded:.2f}", f"{r.ratio:.2f}",
                          f"{r.call_cost_ratio:.2f}"])
         data[name] = [vars(r) for r in results]
-        per_image = [r.generator / r.batch for r in results]
+        per_image = [r.folded / r.batch for r in results]
         falling = all(b < a for a, b in zip(per_image, per_image[1:]))
         best = max(results, key=lambda r: r.batch)
         report.target(f"generation speed ratio >= 0.9 x 14 = 12.6 (SD3 {name}, batch {best.batch})",
-                      f"{best.ratio:.2f} (merged export {best.ratio_merged:.2f}; call-cost ratio "
-                      f"{best.call_cost_ratio:.2f})", best.ratio >= 0.9 * generation.CALL_RATIO,
+                      f"{best.ratio_folded:.2f} (live adapters {best.ratio:.2f}; call-cost ratio "
+                      f"{best.call_cost_ratio:.2f})", best.ratio_folded >= 0.9 * generation.CALL_RATIO,
                       "the batched CFG forward costs < 2 generator forwards until compute-bound")
         report.target(f"per-image generator cost falls as the batch grows (SD3 {name})",
                       " > ".join(ms(p) for p in per_image) + " ms", falling)
@@ -440,12 +440,13 @@ def generation_section(report: Report, root: Path, sizes: dict[str, list[int]], 
 ## 4. Generation
 
 `rtdmd.sample.sample` (initial noise, model calls, CPS steps; no VAE decode): the 4-step generator after stage 2
-(frozen stage-1 adapter + stage-2 adapter active, eta 0.9), the same generator merged into the weights (the
-`rtdmd export` folder, adapters off), and the teacher's 28-step ODE with CFG (one batched `[uncond; cond]` forward
+(frozen stage-1 adapter + stage-2 adapter, eta 0.9) folded into the weights as `rtdmd generate` runs it (the
+arithmetic of the `rtdmd export` folder in stock diffusers) and with live adapters as evaluation during training
+runs it, and the teacher's 28-step ODE with CFG (one batched `[uncond; cond]` forward
 per step), on the same backbone and batch, {repeats} interleaved repeats, median. Ratio of model calls: 28 x 2 / 4
 = {generation.CALL_RATIO:g}. "call-cost ratio" = 28 x (one teacher CFG call) / (4 x (one generator call)), both
 timed alone: the ratio the network allows at that batch, before any sampling-loop overhead.
 
-{table(["backbone", "batch", "generator (ms)", "per image", "merged per image", "teacher (ms)",
-        "teacher per image", "speed ratio", "ratio (merged)", "call-cost ratio"], rows)}
+{table(["backbone", "batch", "live adapters (ms)", "per image", "folded per image", "teacher (ms)",
+        "teacher per image", "speed ratio (folded)", "ratio (live adapters)", "call-cost ratio"], rows)}
 """)

@@ -124,3 +124,24 @@ def test_klein_generator_on_its_own_base(folders):
     assert (v["generator"] - v["teacher"]).abs().max() > 1e-2
     assert backbone.roles.bases["generator"] is not backbone.pipe.transformer
     assert backbone.generator_folder == folders["flux2_klein_distilled"]
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux2_klein"])
+def test_folded_generator_is_the_merged_function_without_adapters(family, folders):
+    """``fold`` (sampling-only processes): the generator's velocity as with live adapters, peft's wrappers gone,
+    and the teacher on the same base refused instead of silently running the generator."""
+    backbone = build(family, folders[family])
+    perturb(backbone, "generator", 0.3, seed=1)
+    backbone.start_stage2()
+    perturb(backbone, "generator", 0.2, seed=2)
+    live = velocities(backbone, ("teacher", "generator"))
+    backbone.fold("generator")
+    model = backbone.roles.bases["generator"]
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    cond, x = backbone.encode(PROMPTS), backbone.noise(seeded_generators([1, 2]))
+    with torch.no_grad():
+        folded = backbone.velocity("generator", x, SIGMA, cond, 1.0)
+    assert (live["generator"] - live["teacher"]).abs().max() > 1e-2  # the adapters matter
+    torch.testing.assert_close(folded, live["generator"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="folded"):
+        backbone.velocity("teacher", x, SIGMA, cond, 1.0)

@@ -14,10 +14,11 @@ Conditioning is a ``dict[str, Tensor]`` of batch-first tensors, opaque to traine
 ``repeat_cond`` index it). Each backbone keeps what CFG needs (for example the empty prompt's embeddings)
 internally.
 
-Two optional hooks (duck-typed; see docs/training.md): ``fsdp_units() -> list[nn.Module]``, the modules FSDP2
-shards one by one (transformer blocks, then the roots), needed for ``run.parallel: fsdp``; and on a kind's config
-class ``preflight(self, config)``, checks that read files but load no model (weights present, pipeline family),
-run before any process group or model.
+Optional hooks (duck-typed; see docs/training.md): ``fsdp_units() -> list[nn.Module]``, the modules FSDP2
+shards one by one (transformer blocks, then the roots), needed for ``run.parallel: fsdp``; ``fold(role)``, for a
+process that only samples ``role`` (``rtdmd generate``): its adapters folded into the weights, so that sampling
+costs what the base model's forward does; and on a kind's config class ``preflight(self, config)``, checks that
+read files but load no model (weights present, pipeline family), run before any process group or model.
 """
 
 from __future__ import annotations

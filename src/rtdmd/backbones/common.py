@@ -136,6 +136,10 @@ class LoraRoleMethods:
     def start_stage2(self) -> None:
         self.roles.start_stage2()
 
+    def fold(self, role: str) -> None:
+        """Sampling only: ``role``'s adapters folded into its base (:meth:`RoleAdapters.fold`)."""
+        self.roles.fold(role)
+
 
 SHIFT_KEYS = ("shift", "use_dynamic_shifting", "base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len")
 

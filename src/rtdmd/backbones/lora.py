@@ -104,6 +104,7 @@ class RoleAdapters:
         self._probe: dict[str, str] = {}  # adapter name -> the full name of one of its tensors
         self._layers: dict[int, list[nn.Module]] = {}  # id(base) -> its LoRA layers
         self._state: dict[int, tuple[str, ...]] = {}  # id(base) -> its active adapters (empty: base only)
+        self.folded: dict[int, str] = {}  # id(base) -> the role folded into it (see fold)
         self._new_stage()
 
     def _new_stage(self) -> None:
@@ -143,6 +144,11 @@ class RoleAdapters:
     def activate(self, role: str) -> nn.Module:
         """Set the adapters of ``role`` on its base and return that base."""
         model = self.bases[role]
+        if id(model) in self.folded:
+            if self.folded[id(model)] != role:
+                raise RuntimeError(f"role {role!r} shares its base with {self.folded[id(model)]!r}, which was folded "
+                                   "into it: a process that folds a role samples only that role")
+            return model
         wanted = tuple(self.adapters(role))
         if self._state.get(id(model)) != wanted:
             set_active(self._layers[id(model)], wanted)
@@ -177,6 +183,25 @@ class RoleAdapters:
             out[f"{module_name}.lora_B.weight"] = b.cpu()
             rank = a.shape[0]
         return out, rank
+
+    def fold(self, role: str) -> None:
+        """For a process that only samples ``role``: add its adapters' update to the base weights in place
+        (``W + B A`` in float32, cast back, as the merged export) and put the plain layers back in place of peft's
+        wrappers, so that a forward costs what the base's does. The other roles on that base are gone (they raise);
+        an adapter update below the base dtype's resolution is rounded away, as in any merged model."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        model = self.bases[role]
+        lora, _ = self.combined_lora(role)
+        wrapped = [(name, module) for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)]
+        with torch.no_grad():
+            for name, module in wrapped:
+                layer = module.get_base_layer()
+                a, b = (lora[f"{name}.lora_{x}.weight"].to(layer.weight.device) for x in "AB")
+                layer.weight.copy_((layer.weight.float() + b @ a).to(layer.weight.dtype))
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent), child, layer)
+        self.folded[id(model)] = role
 
     def merged_state_dict(self, role: str) -> dict[str, Tensor]:
         """State dict of ``role``'s base with its adapters merged (``W + B A`` in float32, cast back), in the

@@ -34,6 +34,8 @@ def generate_command(args) -> int:
         raise UserError(f"--eta must lie in [0, 1], got {args.eta}")
     loaded = load_run(args.run, args.device)
     backbone, world = loaded.components.backbone, loaded.components.world
+    if args.fold and hasattr(backbone, "fold"):
+        backbone.fold("generator")  # a sampling-only process: the base's cost per step, not base + adapters
     prompts = args.prompt or list(world.prompts("eval").texts)
     stage_cfg = loaded.config.distill if loaded.stage == "distill" else loaded.config.align
     sigmas = backbone.generator_sigmas(stage_cfg.step_list)
@@ -58,5 +60,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="sample j of prompt p uses seed + p * num + j")
     p.add_argument("--eta", type=float, default=None, help="CPS eta (default: the stage's training eta)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--no-fold", dest="fold", action="store_false",
+                   help="run the LoRA adapters live instead of folding them into the weights (slower; the same "
+                        "arithmetic as evaluation during training)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=generate_command)

@@ -39,15 +39,7 @@ def real_architectures(report: Report, rank: int, switch_repeats: int) -> None:
                             "stage2_own_base": s2_two, "authors": authors, "cond_bytes_per_prompt": cond,
                             "lora_layers": len(roles._layers[id(module)])}
         # Role switches on the real module structure: peft's API (before) against ours (after), interleaved.
-        cycle = lambda: [roles.activate(r) for r in ("generator", "fake", "teacher")]
-        with peft_role_switch():
-            cycle()
-        before, after = [], []
-        for _ in range(switch_repeats):
-            with peft_role_switch():
-                before.append(timing.seconds(cycle) / 3)
-            after.append(timing.seconds(cycle) / 3)
-        b, a = timing.median(before), timing.median(after)
+        b, a = switch_seconds(roles, switch_repeats)
         switch_rows.append([model.name, len(roles._layers[id(module)]), f"{b * 1e3:.2f}", f"{a * 1e3:.2f}",
                             f"{b / a:.0f}x"])
         data[model.name]["switch_ms"] = {"peft": b * 1e3, "ours": a * 1e3}
@@ -85,6 +77,20 @@ in x out per token); in stage 2 each role runs two adapters (the frozen stage-1 
 
 
 
+def switch_seconds(roles, repeats: int) -> tuple[float, float]:
+    """Median seconds of one role switch with peft's API (before) and ours (after), interleaved round by round
+    (one warm-up cycle with peft's first: its first call builds caches)."""
+    cycle = lambda: [roles.activate(r) for r in ("generator", "fake", "teacher")]
+    with peft_role_switch():
+        cycle()
+    before, after = [], []
+    for _ in range(repeats):
+        with peft_role_switch():
+            before.append(timing.seconds(cycle) / 3)
+        after.append(timing.seconds(cycle) / 3)
+    return timing.median(before), timing.median(after)
+
+
 def switches(report: Report, root: Path, repeats: int) -> None:
     """Section 2's role-switch table: the real architectures (measured with the memory section) and the benchmark
     backbones, built for real."""
@@ -97,13 +103,7 @@ def switches(report: Report, root: Path, repeats: int) -> None:
                             width=size.image, max_sequence_length=size.max_sequence_length, rank=size.lora_rank,
                             alpha=2.0 * size.lora_rank)
         roles = sd3.build(cfg, device=torch.device("cpu"), dtype=torch.float32).roles
-        cycle = lambda: [roles.activate(r) for r in ("generator", "fake", "teacher")]
-        before, after = [], []
-        for _ in range(repeats):
-            with peft_role_switch():
-                before.append(timing.seconds(cycle) / 3)
-            after.append(timing.seconds(cycle) / 3)
-        b, a = timing.median(before), timing.median(after)
+        b, a = switch_seconds(roles, repeats)
         rows.append([f"benchmark SD3 {name}", sum(len(v) for v in roles._layers.values()), f"{b * 1e3:.2f}",
                      f"{a * 1e3:.2f}", f"{b / a:.0f}x"])
         report.data[f"switch_ms_{name}"] = {"peft": b * 1e3, "ours": a * 1e3}

@@ -5,6 +5,7 @@ import json
 import re
 
 import pytest
+import yaml
 
 from rtdmd.errors import UserError
 from rtdmd.report import shapes
@@ -61,9 +62,10 @@ def test_metrics_hold_sane_numbers(shapes_demo):
     assert summary["stage2_minus_teacher"] == pytest.approx(
         metrics["stage2"]["summary"]["accuracy"] - metrics["teacher_10"]["summary"]["accuracy"])
     claims = metrics["claims"]
+    trained = {r["name"] for r in yaml.safe_load((out / "stage2" / "config.yaml").read_text())["rewards"]}
     assert {"stage1_within_0.05_of_teacher", "stage2_beats_teacher_by_0.10", "stage2_diversity_vs_teacher",
-            "stage2_held_out_not_below_stage1", "speedup_4_steps_vs_50_cfg", "stage2_beats_teacher_on_shapes_clip",
-            "stage2_beats_teacher_on_shapes_pref"} == set(claims)
+            "stage2_held_out_not_below_stage1", "speedup_4_steps_vs_50_cfg",
+            *(f"stage2_beats_teacher_on_{name}" for name in trained)} == set(claims)
     assert all(c["holds"] == (c["value"] >= c["threshold"]) for c in claims.values())
 
 
@@ -73,9 +75,12 @@ def test_stage2_is_watched_at_every_evaluation(shapes_demo):
     history = watch["history"]
     assert [h["step"] for h in history] == [0, 1, 2]
     assert "train_reward/total" not in history[0]
+    trained = {r["name"] for r in yaml.safe_load((out / "stage2" / "config.yaml").read_text())["rewards"]}
     for h in history[1:]:
-        assert {"train_reward/total", "train_reward/shapes_clip", "train_reward/shapes_pref"} <= set(h)
-        assert {"accuracy", "mean_intensity", "saturation", "color_entropy", "diversity"} <= set(h)
+        assert {"train_reward/total", *(f"train_reward/{name}" for name in trained)} <= set(h)
+    for h in history:  # held-out: the oracle, image statistics, diversity, every reward trained on or monitored
+        assert {"accuracy", "mean_intensity", "saturation", "color_entropy", "diversity", *trained,
+                *shapes.MONITORED} <= set(h)
     logged = [json.loads(line) for line in (out / "stage2" / "metrics.jsonl").read_text().splitlines()]
     assert sum("eval/hacking_warning" in r for r in logged) == 3
     # The last evaluation is of the final EMA weights, as is the final evaluation: same seeds, same numbers.
@@ -87,3 +92,23 @@ def test_a_second_demo_into_the_same_directory_is_refused(shapes_demo):
     out, _, _ = shapes_demo
     with pytest.raises(UserError, match="already holds a demo run"):
         shapes.demo(out, "shapes/default", [], quick=False)
+
+
+def test_monitors_add_the_learned_rewards_at_weight_zero():
+    import torch
+
+    from rtdmd.rewards.base import RewardSet, WeightedReward
+    from rtdmd.worlds.shapes import ShapesWorldConfig, build
+    from rtdmd.worlds.shapes.rewards import ShapesOracleConfig, build_oracle
+
+    world = build(ShapesWorldConfig())
+    oracle_only = RewardSet([WeightedReward("shapes_oracle", build_oracle(ShapesOracleConfig()), 1.0, 1.0)])
+    rewards = shapes.with_monitors(oracle_only, world, torch.device("cpu"))
+    assert rewards.weights == {"shapes_oracle": 1.0, "shapes_clip": 0.0, "shapes_pref": 0.0}
+    prompts = world.prompts("eval")
+    images = torch.rand(2, 3, 32, 32)
+    scores = rewards.score(images, list(prompts.texts[:2]), list(prompts.metadata[:2]))
+    assert set(scores) == {"shapes_oracle", "shapes_clip", "shapes_pref"}
+    assert torch.equal(rewards.total(scores), scores["shapes_oracle"])  # the training total is unchanged
+    # A config that already trains on them gets no duplicates.
+    assert shapes.with_monitors(rewards, world, torch.device("cpu")).weights == rewards.weights

@@ -26,12 +26,34 @@ PROMPTS_PER_BATCH = 10  # timed batches: 10 held-out prompts x run.eval_samples 
 STAGE1_EVALS = 4  # held-out evaluations during stage 1 (besides its start and end)
 TEACHER_STEPS = (50, 28)  # the first is the reference of every comparison
 CLAIMS = {"stage1_gap": 0.05, "stage2_gain": 0.10, "diversity_ratio": 0.70, "speedup": 10.0}
+MONITORED = ("shapes_clip", "shapes_pref")  # the world's learned rewards: always reported, trained on or not
+
+_monitors: dict = {}
+
+
+def with_monitors(rewards, world, device):
+    """The training rewards plus each :data:`MONITORED` reward the config does not train on, at weight 0 (so the
+    weighted total is still the training reward). Monitors are built once per process."""
+    from rtdmd import registry
+    from rtdmd.rewards.base import RewardSet, WeightedReward
+
+    extra = []
+    for kind in MONITORED:
+        if kind in rewards.weights:
+            continue
+        if (kind, str(device)) not in _monitors:
+            build = registry.builder("reward", kind)
+            _monitors[kind, str(device)] = build(registry.config_class("reward", kind)(), world=world, device=device)
+        extra.append(WeightedReward(kind, _monitors[kind, str(device)], weight=0.0, bp_scale=0.0))
+    return RewardSet([*rewards.entries, *extra]) if extra else rewards
 
 
 def evaluation(parts, config, samples: dict) -> dict:
-    """The world's metrics of ``samples`` plus standard errors over seeds and the per-seed summaries."""
-    result = parts.world.evaluate(samples, parts.rewards, config.beta)
-    seeds = per_seed(parts.world, samples, parts.rewards, config.beta)
+    """The world's metrics of ``samples`` (training rewards and monitors) plus standard errors over seeds and the
+    per-seed summaries."""
+    rewards = with_monitors(parts.rewards, parts.world, parts.backbone.device)
+    result = parts.world.evaluate(samples, rewards, config.beta)
+    seeds = per_seed(parts.world, samples, rewards, config.beta)
     result["se"] = {k: standard_error([m[k] for m in seeds]) for k in seeds[0]} if len(seeds) > 1 else {}
     result["per_seed"] = seeds
     return result
@@ -133,7 +155,9 @@ def demo(out: Path, config_name: str, overrides: list[str], quick: bool, *,
     for name in ("stage1", "stage2"):
         summary[f"{name}_minus_teacher"], summary[f"{name}_minus_teacher_se"] = paired_difference(
             results[name], results[reference])
-    for key in [*reward_names, "reward", "diversity", "mean_intensity", "saturation", "color_entropy"]:
+    monitors = [m for m in MONITORED if m not in reward_names]
+    summary["monitored_rewards"] = ",".join(monitors)
+    for key in [*reward_names, *monitors, "reward", "diversity", "mean_intensity", "saturation", "color_entropy"]:
         summary.update({f"{name}_{key}": results[name]["summary"][key] for name in (reference, "stage1", "stage2")})
     summary.update(speeds)
     summary.update(timings)

@@ -107,16 +107,19 @@ def speed_bars(summary: dict, out: Path) -> Path:
     return out
 
 
-def watch_plot(watch: dict, reference: dict, stage1: dict, out: Path) -> Path:
+def watch_plot(watch: dict, reference: dict, stage1: dict, out: Path, monitors: tuple[str, ...] = ()) -> Path:
     """Stage-2 evaluations. Top: the held-out accuracy, then each training reward on the training rollouts (mean
     since the previous evaluation) next to the same reward of the EMA generator on the held-out prompts. Bottom:
-    image statistics and within-prompt diversity. Dashed: the teacher; red vertical lines: warnings."""
+    image statistics and within-prompt diversity. ``monitors``: rewards scored on the held-out prompts but not
+    trained on. Dashed: the teacher; red vertical lines: warnings."""
     history = watch["history"]
     rewards = sorted({k[len("train_reward/"):] for h in history for k in h if k.startswith("train_reward/")})
     rewards = [r for r in rewards if r != "total"] + (["total"] if "total" in rewards else [])
+    monitors = [m for m in monitors if m not in rewards and any(m in h for h in history)]
     top = [("held-out oracle accuracy", [("accuracy", "held-out")])]
     top += [(f"reward {r}", [(f"train_reward/{r}", "training"), ("reward" if r == "total" else r, "held-out")])
             for r in rewards]
+    top += [(f"{m} (monitored, not trained on)", [(m, "held-out")]) for m in monitors]
     bottom = [("mean intensity", [("mean_intensity", "held-out")]), ("saturation", [("saturation", "held-out")]),
               ("colour entropy (bits)", [("color_entropy", "held-out")]),
               ("within-prompt diversity", [("diversity", "held-out")])]
@@ -180,7 +183,8 @@ def write_report(out: Path, config, results: dict, samples: dict, metadata: dict
         "grid": sample_grid(samples, metadata, grid_names, out / "samples.png"),
         "tags": tag_bars(results, names, out / "accuracy_by_tag.png"),
         "speed": speed_bars(summary, out / "speed.png"),
-        "watch": watch_plot(watch, results[reference]["summary"], results["stage1"]["summary"], out / "watch.png"),
+        "watch": watch_plot(watch, results[reference]["summary"], results["stage1"]["summary"], out / "watch.png",
+                            tuple(m for m in (summary.get("monitored_rewards") or "").split(",") if m)),
     }
     figs["curves1"], figs["curves2"] = training_curves(out, results[reference]["summary"])
 
@@ -191,8 +195,11 @@ def write_report(out: Path, config, results: dict, samples: dict, metadata: dict
     tag_rows = [[t, *[acc(n, f"accuracy/{t}") for n in names]] for t in TAGS]
     tag_rows.append(["overall (mean of tags)", *[acc(n, "accuracy") for n in names]])
     rewards = [r.name for r in config.rewards]
+    monitors = [m for m in (summary.get("monitored_rewards") or "").split(",") if m]
     other_rows = [[k, *[results[n]["summary"].get(k) for n in names]]
                   for k in [*rewards, "reward", "diversity", "mean_intensity", "saturation", "color_entropy"]]
+    other_rows += [[f"{k} (monitored, not trained on)", *[results[n]["summary"].get(k) for n in names]]
+                   for k in monitors]
     claim_rows = [[k, c["value"], c["threshold"], c["holds"]] for k, c in claims.items()]
     timing_rows = [[k, v] for k, v in summary.items() if k.endswith("_seconds") or k.startswith(("load_", "speedup"))]
     warnings = "".join(f"<p class='warn'>{shared.fmt(w['message'])}</p>" for w in watch["warnings"]) or \

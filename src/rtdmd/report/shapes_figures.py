@@ -114,7 +114,8 @@ def watch_plot(watch: dict, reference: dict, stage1: dict, out: Path, monitors: 
     trained on. Dashed: the teacher; red vertical lines: warnings."""
     history = watch["history"]
     rewards = sorted({k[len("train_reward/"):] for h in history for k in h if k.startswith("train_reward/")})
-    rewards = [r for r in rewards if r != "total"] + (["total"] if "total" in rewards else [])
+    named = [r for r in rewards if r != "total"]  # with one reward, the total is its weighted copy: no panel
+    rewards = named + (["total"] if "total" in rewards and len(named) > 1 else [])
     monitors = [m for m in monitors if m not in rewards and any(m in h for h in history)]
     top = [("held-out oracle accuracy", [("accuracy", "held-out")])]
     top += [(f"reward {r}", [(f"train_reward/{r}", "training"), ("reward" if r == "total" else r, "held-out")])

@@ -61,6 +61,9 @@ def test_metrics_hold_sane_numbers(shapes_demo):
     assert summary["speedup_cpu"] > 1.5 and summary["speedup_wall"] > 1
     assert summary["stage2_minus_teacher"] == pytest.approx(
         metrics["stage2"]["summary"]["accuracy"] - metrics["teacher_10"]["summary"]["accuracy"])
+    assert summary["stage2_minus_stage1"] == pytest.approx(
+        metrics["stage2"]["summary"]["accuracy"] - metrics["stage1"]["summary"]["accuracy"])
+    assert summary["stage2_minus_stage1_se"] >= 0
     claims = metrics["claims"]
     trained = {r["name"] for r in yaml.safe_load((out / "stage2" / "config.yaml").read_text())["rewards"]}
     assert {"stage1_within_0.05_of_teacher", "stage2_beats_teacher_by_0.10", "stage2_diversity_vs_teacher",

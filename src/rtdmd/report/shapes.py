@@ -155,6 +155,8 @@ def demo(out: Path, config_name: str, overrides: list[str], quick: bool, *,
     for name in ("stage1", "stage2"):
         summary[f"{name}_minus_teacher"], summary[f"{name}_minus_teacher_se"] = paired_difference(
             results[name], results[reference])
+    summary["stage2_minus_stage1"], summary["stage2_minus_stage1_se"] = paired_difference(results["stage2"],
+                                                                                         results["stage1"])
     monitors = [m for m in MONITORED if m not in reward_names]
     summary["monitored_rewards"] = ",".join(monitors)
     for key in [*reward_names, *monitors, "reward", "diversity", "mean_intensity", "saturation", "color_entropy"]:

@@ -63,7 +63,9 @@ def sample_timed(parts, config, *, role: str = "generator", num: int = 4, seed: 
     backbone, prompts = parts.backbone, list(parts.world.prompts(split).texts)
     sigmas, eta = role_sampler(backbone, config, role, teacher_steps, stage)
     prompts_per_batch = min(prompts_per_batch, len(prompts))
-    backbone.encode(prompts + [""])  # text encoding is cached: keep it out of the timings
+    # Text encoding is cached: keep it out of the timings (a guided teacher's empty prompt is encoded, once, in
+    # its first batch; not every backbone can encode "", e.g. the analytic world's).
+    backbone.encode(prompts)
     out = TimedSamples({}, prompts_per_batch * num)
     for first in range(0, len(prompts), prompts_per_batch):
         chunk = prompts[first:first + prompts_per_batch]

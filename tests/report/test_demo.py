@@ -70,6 +70,10 @@ def test_metrics_hold_sane_numbers(shapes_demo):
             "stage2_held_out_not_below_stage1", "speedup_4_steps_vs_50_cfg",
             *(f"stage2_beats_teacher_on_{name}" for name in trained)} == set(claims)
     assert all(c["holds"] == (c["value"] >= c["threshold"]) for c in claims.values())
+    gain = claims["stage2_beats_teacher_by_0.10"]
+    assert (gain["value"], gain["se"]) == pytest.approx((summary["stage2_minus_teacher"],
+                                                         summary["stage2_minus_teacher_se"]))
+    assert claims["stage2_held_out_not_below_stage1"]["se"] == pytest.approx(summary["stage2_minus_stage1_se"])
 
 
 def test_stage2_is_watched_at_every_evaluation(shapes_demo):

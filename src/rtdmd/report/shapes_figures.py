@@ -201,7 +201,7 @@ def write_report(out: Path, config, results: dict, samples: dict, metadata: dict
                   for k in [*rewards, "reward", "diversity", "mean_intensity", "saturation", "color_entropy"]]
     other_rows += [[f"{k} (monitored, not trained on)", *[results[n]["summary"].get(k) for n in names]]
                    for k in monitors]
-    claim_rows = [[k, c["value"], c["threshold"], c["holds"]] for k, c in claims.items()]
+    claim_rows = [[k, c["value"], c.get("se"), c["threshold"], c["holds"]] for k, c in claims.items()]
     timing_rows = [[k, v] for k, v in summary.items() if k.endswith("_seconds") or k.startswith(("load_", "speedup"))]
     warnings = "".join(f"<p class='warn'>{shared.fmt(w['message'])}</p>" for w in watch["warnings"]) or \
         shared.paragraph("No warning: the training rewards never rose while the held-out accuracy fell.")
@@ -210,8 +210,10 @@ def write_report(out: Path, config, results: dict, samples: dict, metadata: dict
     sections = [
         ("Claims", shared.paragraph(
             f"Held-out prompts: {summary['held_out_prompts']}, {n} seeds each (the same seeds for every model); "
-            f"± is one standard error over seeds. Reference: {label(reference)}.")
-         + shared.table(["claim", "value", "threshold", "holds"], claim_rows)),
+            f"± is one standard error over seeds (of the paired difference, for accuracy differences). Reference: "
+            f"{label(reference)}. A claim holds when its value reaches the threshold; the stage-1 claim is "
+            f"checked one-sided (not more than 0.05 below the teacher).")
+         + shared.table(["claim", "value", "± s.e.", "threshold", "holds"], claim_rows)),
         ("Oracle accuracy per tag (held-out prompts)", shared.table(["tag", *map(label, names)], tag_rows)
          + shared.figure(figs["tags"])),
         ("Training rewards, image statistics and diversity (held-out prompts)",

@@ -35,6 +35,11 @@ KINDS: dict[str, dict[str, tuple[str, str, str]]] = {
         "shapes_pref": ("rtdmd.worlds.shapes.rewards", "ShapesPrefConfig", "build_pref"),
         "shapes_oracle": ("rtdmd.worlds.shapes.rewards", "ShapesOracleConfig", "build_oracle"),
     },
+    # A world's demo (``rtdmd demo``): ``demo(out, config_name, overrides, quick) -> summary`` (no config class).
+    "demo": {
+        "gmm": ("rtdmd.report.gmm", "", "demo"),
+        "shapes": ("rtdmd.report.shapes", "", "demo"),
+    },
 }
 
 

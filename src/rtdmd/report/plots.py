@@ -14,10 +14,15 @@ from rtdmd.train.logging import read_metrics  # noqa: E402
 
 
 def curves(run_dirs: Sequence[tuple[str, Path]], keys: Sequence[tuple[str, str]], out: Path,
-           title: str = "") -> Path:
-    """One panel per ``(metric key, label)``; one line per ``(stage name, run dir)``; x = iteration."""
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
-    for ax, (key, label) in zip(axes[0], keys):
+           title: str = "", max_columns: int = 4) -> Path:
+    """One panel per ``(metric key, label)``, ``max_columns`` panels a row; one line per ``(stage name, run
+    dir)``; x = iteration."""
+    ncols = min(len(keys), max_columns)
+    nrows = -(-len(keys) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
+    for ax, (key, label) in zip(axes.flat, keys):
         for name, run_dir in run_dirs:
             points = [(r["step"], r[key]) for r in read_metrics(run_dir) if isinstance(r.get(key), (int, float))]
             if points:

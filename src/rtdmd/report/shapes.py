@@ -1,0 +1,180 @@
+"""The shapes world's demo (the default ``rtdmd demo``): the paper's claim, end to end, on a CPU.
+
+1. The teacher on the held-out prompts: 50 ODE steps with CFG (the reference) and 28, timed batch by batch.
+2. Stage 1 (AC-DMD) and stage 2 (RTDMD) on the training prompts; the EMA generator is evaluated on the held-out
+   prompts during both, and during stage 2 a :class:`~rtdmd.worlds.watch.RewardHackingWatch` sets the held-out
+   oracle accuracy, image statistics and within-prompt diversity next to the training rewards.
+3. Teacher, stage-1 and stage-2 generators on the same held-out prompts and seeds: oracle accuracy per tag
+   (standard errors over seeds), the training rewards, image statistics, diversity, and the speed of 4-step
+   generation against the teacher's 50 steps with CFG on identical batches.
+4. ``report.html``, its PNG figures (:mod:`rtdmd.report.shapes_figures`) and ``metrics.json`` in ``out``.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+
+from rtdmd.report import demo as shared
+from rtdmd.worlds.evaluate import per_seed, sample_timed, standard_error
+
+QUICK = ("distill.iterations=20", "align.iterations=4", "run.eval_every=2", "run.eval_samples=2")
+EVAL_SEED = 1234  # first seed of every held-out evaluation (teacher, both generators, the watch)
+PROMPTS_PER_BATCH = 10  # timed batches: 10 held-out prompts x run.eval_samples seeds
+STAGE1_EVALS = 4  # held-out evaluations during stage 1 (besides its start and end)
+TEACHER_STEPS = (50, 28)  # the first is the reference of every comparison
+CLAIMS = {"stage1_gap": 0.05, "stage2_gain": 0.10, "diversity_ratio": 0.70, "speedup": 10.0}
+MONITORED = ("shapes_clip", "shapes_pref")  # the world's learned rewards: always reported, trained on or not
+
+_monitors: dict = {}
+
+
+def with_monitors(rewards, world, device):
+    """The training rewards plus each :data:`MONITORED` reward the config does not train on, at weight 0 (so the
+    weighted total is still the training reward). Monitors are built once per process."""
+    from rtdmd import registry
+    from rtdmd.rewards.base import RewardSet, WeightedReward
+
+    extra = []
+    for kind in MONITORED:
+        if kind in rewards.weights:
+            continue
+        if (kind, str(device)) not in _monitors:
+            build = registry.builder("reward", kind)
+            _monitors[kind, str(device)] = build(registry.config_class("reward", kind)(), world=world, device=device)
+        extra.append(WeightedReward(kind, _monitors[kind, str(device)], weight=0.0, bp_scale=0.0))
+    return RewardSet([*rewards.entries, *extra]) if extra else rewards
+
+
+def evaluation(parts, config, samples: dict) -> dict:
+    """The world's metrics of ``samples`` (training rewards and monitors) plus standard errors over seeds and the
+    per-seed summaries."""
+    rewards = with_monitors(parts.rewards, parts.world, parts.backbone.device)
+    result = parts.world.evaluate(samples, rewards, config.beta)
+    seeds = per_seed(parts.world, samples, rewards, config.beta)
+    result["se"] = {k: standard_error([m[k] for m in seeds]) for k in seeds[0]} if len(seeds) > 1 else {}
+    result["per_seed"] = seeds
+    return result
+
+
+def held_out_hook(config, num: int, stage: str):
+    """``evaluate(parts, step)`` for the training loop of ``stage``: the EMA generator on the held-out prompts."""
+    def evaluate(parts, step):
+        timed = sample_timed(parts, config, num=num, seed=EVAL_SEED, stage=stage, prompts_per_batch=PROMPTS_PER_BATCH)
+        result = evaluation(parts, config, timed.samples)
+        return {**result["summary"], "accuracy_se": result["se"].get("accuracy", float("nan"))}
+    return evaluate
+
+
+def paired_difference(a: dict, b: dict, key: str = "accuracy") -> tuple[float, float]:
+    """``a - b`` of a summary metric and its standard error from the per-seed differences (same seeds)."""
+    diffs = [x[key] - y[key] for x, y in zip(a["per_seed"], b["per_seed"])]
+    return a["summary"][key] - b["summary"][key], standard_error(diffs)
+
+
+def speed(reference, fast) -> dict:
+    """Medians over identical batches of the reference's and the fast sampler's wall / CPU seconds."""
+    out = {"batch_images": reference.batch, "batches": len(reference.seconds)}
+    for name, ref, new in (("wall", reference.seconds, fast.seconds), ("cpu", reference.cpu_seconds, fast.cpu_seconds)):
+        if ref and new:
+            out[f"teacher_{name}_seconds"] = statistics.median(ref)
+            out[f"generator_{name}_seconds"] = statistics.median(new)
+            out[f"speedup_{name}"] = out[f"teacher_{name}_seconds"] / out[f"generator_{name}_seconds"]
+    return out
+
+
+def claims(results: dict, reward_names: list[str], speedup: float | None) -> dict:
+    """The issue's claims, each ``{"value", "se", "threshold", "holds"}`` (accuracies: held-out oracle; ``se``:
+    standard error of a paired accuracy difference, else None). A claim holds when ``value >= threshold``: the
+    stage-1 claim is checked one-sided (not more than 0.05 below the teacher)."""
+    teacher, s1, s2 = (results[k]["summary"] for k in ("teacher_50", "stage1", "stage2"))
+    gain = {pair: paired_difference(results[pair[0]], results[pair[1]])
+            for pair in (("stage1", "teacher_50"), ("stage2", "teacher_50"), ("stage2", "stage1"))}
+    out = {
+        "stage1_within_0.05_of_teacher": (*gain["stage1", "teacher_50"], -CLAIMS["stage1_gap"]),
+        "stage2_beats_teacher_by_0.10": (*gain["stage2", "teacher_50"], CLAIMS["stage2_gain"]),
+        "stage2_diversity_vs_teacher": (s2["diversity"] / teacher["diversity"], None, CLAIMS["diversity_ratio"]),
+        "stage2_held_out_not_below_stage1": (*gain["stage2", "stage1"], 0.0),
+        "speedup_4_steps_vs_50_cfg": (speedup, None, CLAIMS["speedup"]),
+    }
+    for name in reward_names:
+        out[f"stage2_beats_teacher_on_{name}"] = (s2[name] - teacher[name], None, 0.0)
+    return {k: {"value": v, "se": se, "threshold": t, "holds": v is not None and v >= t}
+            for k, (v, se, t) in out.items()}
+
+
+def demo(out: Path, config_name: str, overrides: list[str], quick: bool, *,
+         teacher_steps: tuple[int, ...] = TEACHER_STEPS) -> dict:
+    from rtdmd.report import shapes_figures as figures
+    from rtdmd.train.parallel import init_distributed
+    from rtdmd.train.runs import build_components, load_run
+    from rtdmd.worlds.watch import RewardHackingWatch
+
+    start, load_start = time.perf_counter(), os.getloadavg()[0]
+    out = Path(out)
+    config = shared.demo_config(config_name, overrides, QUICK, quick)
+    shared.check_out_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    num, timings, results, timed = config.run.eval_samples, {}, {}, {}
+    _, device = init_distributed(config.run.device)
+
+    def evaluate(name, parts, **kwargs):
+        t0 = time.perf_counter()
+        timed[name] = sample_timed(parts, config, num=num, seed=EVAL_SEED, prompts_per_batch=PROMPTS_PER_BATCH,
+                                   **kwargs)
+        results[name] = evaluation(parts, config, timed[name].samples)
+        timings[f"{name}_eval_seconds"] = time.perf_counter() - t0
+        s, se = results[name]["summary"], results[name]["se"]
+        print(f"rtdmd demo: {name}: held-out oracle accuracy {s['accuracy']:.3f} ± {se.get('accuracy', float('nan')):.3f}"
+              f" ({timings[f'{name}_eval_seconds']:.0f} s)", flush=True)
+
+    # 1. The teacher (ODE, CFG) on the held-out prompts.
+    parts = build_components(config, device)
+    for steps in teacher_steps:
+        evaluate(f"teacher_{steps}", parts, role="teacher", teacher_steps=steps)
+    reference = f"teacher_{teacher_steps[0]}"
+    held_out = parts.world.prompts("eval")
+    metadata = dict(zip(held_out.texts, held_out.metadata))
+    del parts
+
+    # 2. Both stages, watched on the held-out prompts.
+    watch = RewardHackingWatch(out / "stage2", held_out_hook(config, num, "align"), signal="accuracy")
+    timings.update(shared.train_stages(config, out, evaluate_stage1=held_out_hook(config, num, "distill"),
+                                       evaluate_stage2=watch,
+                                       stage1_eval_every=max(1, config.distill.iterations // STAGE1_EVALS)))
+
+    # 3. Both generators (EMA weights, from their checkpoints) on the same prompts and seeds.
+    for name, stage in (("stage1", "distill"), ("stage2", "align")):
+        evaluate(name, load_run(out / name, device).components, stage=stage)
+    timings["total_seconds"] = time.perf_counter() - start
+    timings["load_average_start"], timings["load_average_end"] = load_start, os.getloadavg()[0]
+
+    reward_names = [r.name for r in config.rewards]
+    speeds = speed(timed[reference], timed["stage2"])
+    summary = {"held_out_prompts": len(results["stage2"]["prompts"]), "seeds_per_prompt": num}
+    for name, result in results.items():
+        summary[f"{name}_accuracy"] = result["summary"]["accuracy"]
+        summary[f"{name}_accuracy_se"] = result["se"].get("accuracy")
+    for name in ("stage1", "stage2"):
+        summary[f"{name}_minus_teacher"], summary[f"{name}_minus_teacher_se"] = paired_difference(
+            results[name], results[reference])
+    summary["stage2_minus_stage1"], summary["stage2_minus_stage1_se"] = paired_difference(results["stage2"],
+                                                                                         results["stage1"])
+    monitors = [m for m in MONITORED if m not in reward_names]
+    summary["monitored_rewards"] = ",".join(monitors)
+    for key in [*reward_names, *monitors, "reward", "diversity", "mean_intensity", "saturation", "color_entropy"]:
+        summary.update({f"{name}_{key}": results[name]["summary"][key] for name in (reference, "stage1", "stage2")})
+    summary.update(speeds)
+    summary.update(timings)
+    summary["hacking_warnings"] = len(watch.warnings)
+    claim_table = claims({**results, "teacher_50": results[reference]}, reward_names, speeds.get("speedup_cpu"))
+    summary["claims_hold"] = all(c["holds"] for c in claim_table.values())
+
+    samples = {name: t.samples for name, t in timed.items()}
+    shared.write_metrics(out, {"summary": summary, "claims": claim_table, "watch": watch.record(),
+                               "timings": {k: {"wall": t.seconds, "cpu": t.cpu_seconds} for k, t in timed.items()},
+                               **{k: {kk: v for kk, v in r.items()} for k, r in results.items()}})
+    figures.write_report(out, config, results, samples, metadata, reference, summary, claim_table, watch.record())
+    return summary

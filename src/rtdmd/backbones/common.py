@@ -102,6 +102,18 @@ def uncond_like(uncond: Cond, batch: int) -> Cond:
     return {k: v.expand(batch, *v.shape[1:]) for k, v in uncond.items()}
 
 
+def guided(forward: Callable[[Tensor, Tensor, Cond], Tensor], h: Tensor, timestep: Tensor, cond: Cond,
+           encode: Callable[[list[str]], Cond], scale: float) -> Tensor:
+    """A velocity with classifier-free guidance ``scale``: ``forward(h, timestep, cond)`` alone at scale 1, else
+    one batched ``[uncond; cond]`` forward (``uncond``: ``encode([""])``, looked up only then) combined by
+    :func:`cfg_combine` (float32)."""
+    if scale == 1.0:
+        return forward(h, timestep, cond)
+    uncond = uncond_like(encode([""]), h.shape[0])
+    both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
+    return cfg_combine(*forward(torch.cat([h, h]), torch.cat([timestep, timestep]), both).chunk(2), scale)
+
+
 def shifted_generator_sigmas(step_list: Sequence[int], scheduler_config, mu: float | None) -> Tensor:
     """Generator levels through the family scheduler's shift: static ``shift`` unless the scheduler shifts
     dynamically, in which case ``mu`` (the family's resolution-dependent value) is used (spec section 2)."""

@@ -97,13 +97,10 @@ class Flux1Backbone(common.LoraRoleMethods):
         # As the pipeline: timestep = 1000 sigma in the latents' dtype, divided by 1000.
         timestep = (sigma.to(self.device).float() * 1000.0).expand(batch).to(self.dtype) / 1000
         h = x.to(self.dtype)
-        if self.embedded_guidance or g == 1.0:
-            g_input = torch.full((batch,), g, device=self.device) if self.embedded_guidance else None
-            return self._forward(model, h, timestep, cond, g_input).to(x.dtype)
-        uncond = common.uncond_like(self._cache([""]), batch)
-        both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
-        v = self._forward(model, torch.cat([h, h]), torch.cat([timestep, timestep]), both, None)
-        return common.cfg_combine(*v.chunk(2), g).to(x.dtype)
+        if self.embedded_guidance:  # a guidance-distilled model takes the scale as an input: one forward
+            return self._forward(model, h, timestep, cond, torch.full((batch,), g, device=self.device)).to(x.dtype)
+        forward = lambda h, t, c: self._forward(model, h, t, c, None)
+        return common.guided(forward, h, timestep, cond, self._cache, g).to(x.dtype)
 
     def _forward(self, model: nn.Module, h: Tensor, timestep: Tensor, cond: Cond, guidance: Tensor | None) -> Tensor:
         text_ids = torch.zeros(cond["prompt_embeds"].shape[1], 3, device=self.device, dtype=self.dtype)

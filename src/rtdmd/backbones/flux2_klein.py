@@ -112,13 +112,8 @@ class Flux2KleinBackbone(common.LoraRoleMethods):
         batch = x.shape[0]
         # As the pipeline: timestep = 1000 sigma in the latents' dtype, divided by 1000.
         timestep = (sigma.to(self.device).float() * 1000.0).expand(batch).to(self.dtype) / 1000
-        h = x.to(self.dtype)
-        if g == 1.0:
-            return self._forward(model, h, timestep, cond).to(x.dtype)
-        uncond = common.uncond_like(self._cache([""]), batch)
-        both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
-        v = self._forward(model, torch.cat([h, h]), torch.cat([timestep, timestep]), both)
-        return common.cfg_combine(*v.chunk(2), g).to(x.dtype)
+        forward = lambda h, t, c: self._forward(model, h, t, c)
+        return common.guided(forward, x.to(self.dtype), timestep, cond, self._cache, g).to(x.dtype)
 
     def _forward(self, model: nn.Module, h: Tensor, timestep: Tensor, cond: Cond) -> Tensor:
         embeds = cond["prompt_embeds"]

@@ -98,12 +98,8 @@ class SD3Backbone(common.LoraRoleMethods):
         model = self.roles.activate(role)
         h = x.to(self.dtype)
         timestep = (sigma.to(self.device).float() * 1000.0).expand(x.shape[0])
-        if g == 1.0:
-            return self._forward(model, h, timestep, cond).to(x.dtype)
-        uncond = common.uncond_like(self._cache([""]), x.shape[0])
-        both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
-        v = self._forward(model, torch.cat([h, h]), torch.cat([timestep, timestep]), both)
-        return common.cfg_combine(*v.chunk(2), g).to(x.dtype)
+        forward = lambda h, t, c: self._forward(model, h, t, c)
+        return common.guided(forward, h, timestep, cond, self._cache, g).to(x.dtype)
 
     @staticmethod
     def _forward(model: nn.Module, h: Tensor, timestep: Tensor, cond: Cond) -> Tensor:

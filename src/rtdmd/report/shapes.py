@@ -85,22 +85,28 @@ def speed(reference, fast) -> dict:
     return out
 
 
-def claims(results: dict, reward_names: list[str], speedup: float | None) -> dict:
-    """The issue's claims, each ``{"value", "se", "threshold", "holds"}`` (accuracies: held-out oracle; ``se``:
-    standard error of a paired accuracy difference, else None). A claim holds when ``value >= threshold``: the
-    stage-1 claim is checked one-sided (not more than 0.05 below the teacher)."""
-    teacher, s1, s2 = (results[k]["summary"] for k in ("teacher_50", "stage1", "stage2"))
-    gain = {pair: paired_difference(results[pair[0]], results[pair[1]])
-            for pair in (("stage1", "teacher_50"), ("stage2", "teacher_50"), ("stage2", "stage1"))}
+def differences(results: dict, reference: str) -> dict[str, tuple[float, float]]:
+    """The paired held-out accuracy differences the claims rest on, ``{"stage1_minus_teacher": (value, se), ...}``
+    (``reference``: the teacher's evaluation)."""
+    pairs = {"stage1_minus_teacher": ("stage1", reference), "stage2_minus_teacher": ("stage2", reference),
+             "stage2_minus_stage1": ("stage2", "stage1")}
+    return {name: paired_difference(results[a], results[b]) for name, (a, b) in pairs.items()}
+
+
+def claims(teacher: dict, stage2: dict, gains: dict, reward_names: list[str], speedup: float | None) -> dict:
+    """The issue's claims, each ``{"value", "se", "threshold", "holds"}`` from the teacher's and stage 2's summaries
+    and the paired accuracy differences of :func:`differences` (``se``: standard error of a paired difference, else
+    None). A claim holds when ``value >= threshold``: the stage-1 claim is checked one-sided (not more than 0.05
+    below the teacher)."""
     out = {
-        "stage1_within_0.05_of_teacher": (*gain["stage1", "teacher_50"], -CLAIMS["stage1_gap"]),
-        "stage2_beats_teacher_by_0.10": (*gain["stage2", "teacher_50"], CLAIMS["stage2_gain"]),
-        "stage2_diversity_vs_teacher": (s2["diversity"] / teacher["diversity"], None, CLAIMS["diversity_ratio"]),
-        "stage2_held_out_not_below_stage1": (*gain["stage2", "stage1"], 0.0),
+        "stage1_within_0.05_of_teacher": (*gains["stage1_minus_teacher"], -CLAIMS["stage1_gap"]),
+        "stage2_beats_teacher_by_0.10": (*gains["stage2_minus_teacher"], CLAIMS["stage2_gain"]),
+        "stage2_diversity_vs_teacher": (stage2["diversity"] / teacher["diversity"], None, CLAIMS["diversity_ratio"]),
+        "stage2_held_out_not_below_stage1": (*gains["stage2_minus_stage1"], 0.0),
         "speedup_4_steps_vs_50_cfg": (speedup, None, CLAIMS["speedup"]),
     }
     for name in reward_names:
-        out[f"stage2_beats_teacher_on_{name}"] = (s2[name] - teacher[name], None, 0.0)
+        out[f"stage2_beats_teacher_on_{name}"] = (stage2[name] - teacher[name], None, 0.0)
     return {k: {"value": v, "se": se, "threshold": t, "holds": v is not None and v >= t}
             for k, (v, se, t) in out.items()}
 
@@ -157,11 +163,9 @@ def demo(out: Path, config_name: str, overrides: list[str], quick: bool, *,
     for name, result in results.items():
         summary[f"{name}_accuracy"] = result["summary"]["accuracy"]
         summary[f"{name}_accuracy_se"] = result["se"].get("accuracy")
-    for name in ("stage1", "stage2"):
-        summary[f"{name}_minus_teacher"], summary[f"{name}_minus_teacher_se"] = paired_difference(
-            results[name], results[reference])
-    summary["stage2_minus_stage1"], summary["stage2_minus_stage1_se"] = paired_difference(results["stage2"],
-                                                                                         results["stage1"])
+    gains = differences(results, reference)
+    for name, (value, se) in gains.items():
+        summary[name], summary[f"{name}_se"] = value, se
     monitors = [m for m in MONITORED if m not in reward_names]
     summary["monitored_rewards"] = ",".join(monitors)
     for key in [*reward_names, *monitors, "reward", "diversity", "mean_intensity", "saturation", "color_entropy"]:
@@ -169,12 +173,13 @@ def demo(out: Path, config_name: str, overrides: list[str], quick: bool, *,
     summary.update(speeds)
     summary.update(timings)
     summary["hacking_warnings"] = len(watch.warnings)
-    claim_table = claims({**results, "teacher_50": results[reference]}, reward_names, speeds.get("speedup_cpu"))
+    claim_table = claims(results[reference]["summary"], results["stage2"]["summary"], gains, reward_names,
+                         speeds.get("speedup_cpu"))
     summary["claims_hold"] = all(c["holds"] for c in claim_table.values())
 
     samples = {name: t.samples for name, t in timed.items()}
     shared.write_metrics(out, {"summary": summary, "claims": claim_table, "watch": watch.record(),
                                "timings": {k: {"wall": t.seconds, "cpu": t.cpu_seconds} for k, t in timed.items()},
-                               **{k: {kk: v for kk, v in r.items()} for k, r in results.items()}})
+                               **results})
     figures.write_report(out, config, results, samples, metadata, reference, summary, claim_table, watch.record())
     return summary

@@ -21,9 +21,9 @@ import numpy as np  # noqa: E402
 from rtdmd.report import demo as shared  # noqa: E402
 from rtdmd.report.plots import curves  # noqa: E402
 from rtdmd.train.logging import read_metrics  # noqa: E402
+from rtdmd.worlds.shapes.prompts import TAGS  # noqa: E402
 
 COLUMNS = {"stage1": "stage 1 (4 steps)", "stage2": "stage 2 (4 steps)"}
-TAGS = ("single_object", "colors", "counting", "two_object", "color_attr", "position")
 ACCEPT, REJECT = (0.1, 0.7, 0.2), (0.85, 0.1, 0.1)
 
 
@@ -180,12 +180,13 @@ def write_report(out: Path, config, results: dict, samples: dict, metadata: dict
     out = Path(out)
     names = [n for n in results if n.startswith("teacher_")] + ["stage1", "stage2"]
     grid_names = [reference, "stage1", "stage2"]
+    monitors = [m for m in (summary.get("monitored_rewards") or "").split(",") if m]
     figs = {
         "grid": sample_grid(samples, metadata, grid_names, out / "samples.png"),
         "tags": tag_bars(results, names, out / "accuracy_by_tag.png"),
         "speed": speed_bars(summary, out / "speed.png"),
         "watch": watch_plot(watch, results[reference]["summary"], results["stage1"]["summary"], out / "watch.png",
-                            tuple(m for m in (summary.get("monitored_rewards") or "").split(",") if m)),
+                            tuple(monitors)),
     }
     figs["curves1"], figs["curves2"] = training_curves(out, results[reference]["summary"])
 
@@ -196,7 +197,6 @@ def write_report(out: Path, config, results: dict, samples: dict, metadata: dict
     tag_rows = [[t, *[acc(n, f"accuracy/{t}") for n in names]] for t in TAGS]
     tag_rows.append(["overall (mean of tags)", *[acc(n, "accuracy") for n in names]])
     rewards = [r.name for r in config.rewards]
-    monitors = [m for m in (summary.get("monitored_rewards") or "").split(",") if m]
     other_rows = [[k, *[results[n]["summary"].get(k) for n in names]]
                   for k in [*rewards, "reward", "diversity", "mean_intensity", "saturation", "color_entropy"]]
     other_rows += [[f"{k} (monitored, not trained on)", *[results[n]["summary"].get(k) for n in names]]

@@ -59,7 +59,7 @@ def demo(out: Path, config_name: str, overrides: list[str], quick: bool) -> dict
 
     from rtdmd.report import demo as shared
     from rtdmd.train.runs import load_run
-    from rtdmd.worlds.evaluate import evaluate_role, sample_role
+    from rtdmd.worlds.evaluate import evaluate_role, evaluate_samples, sample_role
 
     out = Path(out)
     config = shared.demo_config(config_name, overrides, QUICK, quick)
@@ -70,9 +70,10 @@ def demo(out: Path, config_name: str, overrides: list[str], quick: bool) -> dict
     # Final evaluation of both generators (EMA weights) and the teacher, on the same seeds.
     stage1, stage2 = load_run(out / "stage1"), load_run(out / "stage2")
     world, rewards, n = stage1.components.world, stage1.components.rewards, config.run.eval_samples
-    results = {"teacher": evaluate_role(stage1.components, config, role="teacher", teacher_steps=100)}
-    results["stage1"] = evaluate_role(stage1.components, config)
-    results["stage2"] = evaluate_role(stage2.components, config)
+    roles = {"teacher": (stage1.components, {"role": "teacher", "teacher_steps": 100}),
+             "stage1": (stage1.components, {}), "stage2": (stage2.components, {})}
+    samples = {name: sample_role(parts, config, **kwargs) for name, (parts, kwargs) in roles.items()}
+    results = {name: evaluate_samples(parts, config, samples[name]) for name, (parts, _) in roles.items()}
     first = json.loads((out / "stage1" / "metrics.jsonl").read_text().splitlines()[1])  # eval at step 0
     untrained = first.get("eval/ed_teacher")
     s1 = results["stage1"]["summary"]
@@ -92,12 +93,10 @@ def demo(out: Path, config_name: str, overrides: list[str], quick: bool) -> dict
     summary["stage2_ed_ratio_vs_teacher"] = s2["ed_tilted"] / s2["ed_teacher_to_tilted"]
     shared.write_metrics(out, {"summary": summary, **results})
 
-    # Plots: the same seeds for every column.
+    # Plots: the evaluated samples (the same seeds in every column).
     gen = torch.Generator().manual_seed(config.run.seed + 99)
     columns = {
-        "teacher": sample_role(stage1.components, config, role="teacher", teacher_steps=100),
-        "stage 1 (4 steps)": sample_role(stage1.components, config),
-        "stage 2 (4 steps)": sample_role(stage2.components, config),
+        "teacher": samples["teacher"], "stage 1 (4 steps)": samples["stage1"], "stage 2 (4 steps)": samples["stage2"],
         "exact p~": {p: world.sample_tilted(i, n, rewards, config.beta, gen) for i, p in enumerate(world.prompt_names)},
     }
     figures = [scatter_grid(columns, out / "samples.png"), *training_curves(out / "stage1", out / "stage2", out)]

@@ -1,6 +1,7 @@
 """Evaluation of a backbone role on a world: sample every evaluation prompt, then the world's metrics.
 
-- :func:`sample_role` / :func:`evaluate_role`: one role's samples (or metrics) on a prompt split.
+- :func:`sample_role` / :func:`evaluate_role` / :func:`evaluate_samples`: one role's samples (or metrics) on a
+  prompt split.
 - :func:`sample_timed`: the same samples in fixed batches, each batch timed (wall and CPU seconds): two roles
   sampled with the same ``num``, ``seed`` and ``prompts_per_batch`` see identical batches, so their per-batch
   times compare generation speed on the same work.
@@ -39,10 +40,14 @@ def sample_role(parts, config, *, role: str = "generator", num: int | None = Non
     return {p: x[i * num:(i + 1) * num] for i, p in enumerate(prompts)}
 
 
+def evaluate_samples(parts, config, samples: dict, seed: int = 1234) -> dict:
+    """The world's metrics (``{"summary": ..., "prompts": ...}``) of ``{prompt: samples}``."""
+    return parts.world.evaluate(samples, parts.rewards, config.beta, seed=seed)
+
+
 def evaluate_role(parts, config, **kwargs) -> dict:
-    """The world's metrics (``{"summary": ..., "prompts": ...}``) of ``role``'s samples."""
-    samples = sample_role(parts, config, **kwargs)
-    return parts.world.evaluate(samples, parts.rewards, config.beta, seed=kwargs.get("seed", 1234))
+    """The world's metrics of ``role``'s samples (:func:`sample_role`, then :func:`evaluate_samples`)."""
+    return evaluate_samples(parts, config, sample_role(parts, config, **kwargs), kwargs.get("seed", 1234))
 
 
 @dataclass

@@ -87,9 +87,10 @@ class CountingBackbone:
         self._log.add(Call(kind, name, rows, bool(out.requires_grad), timing.now() - start, guidance, inputs))
         return out
 
-    def velocity(self, role: str, x: Tensor, sigma: Tensor, cond, guidance: float | None = None) -> Tensor:
-        return self._timed("velocity", role, self._inner.velocity, (role, x, sigma, cond, guidance), {},
-                           x.shape[0], guidance)
+    def role(self, name: str, guidance: float | None = None):
+        velocity = self._inner.role(name, guidance)
+        return lambda x, sigma, cond: self._timed("velocity", name, velocity, (x, sigma, cond), {}, x.shape[0],
+                                                  guidance)
 
     def decode(self, x: Tensor) -> Tensor:
         return self._timed("decode", "vae", self._inner.decode, (x,), {}, x.shape[0])
@@ -123,9 +124,9 @@ def instrumented(log: CallLog, on_iteration: Callable[[], None] | None = None,
     ones, to time iterations only), and every metrics record they log (one per iteration with ``log_every=1``)
     marks an iteration boundary in ``log`` and then calls ``on_iteration()``. ``on_components(components)`` sees
     the components once they are built."""
-    from rtdmd.train import align, distill, loop  # noqa: F401  (loaded, so that their names get patched)
+    from rtdmd.train import align, distill, session  # noqa: F401  (loaded, so that their names get patched)
+    from rtdmd.train.components import Components, build_components
     from rtdmd.train.logging import MetricsLogger
-    from rtdmd.train.runs import Components, build_components
 
     def build(config, device):
         parts = build_components(config, device)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.timing import interleaved, median
-from rtdmd.sample import sample, seeded_generators
+from rtdmd.app.sampling import sample, seeded_generators
 
 TEACHER_STEPS = 28
 CALL_RATIO = TEACHER_STEPS * 2 / 4
@@ -89,8 +89,8 @@ def measure(backbone, folded, prompts, batches, repeats: int) -> list[Generation
                 "teacher": lambda: sample(backbone, "teacher", cond, teacher_sigmas, 0.0, gens()),
             }, repeats)
             calls = interleaved({
-                "generator": lambda: backbone.velocity("generator", x, sigma, cond),
-                "teacher": lambda: backbone.velocity("teacher", x, sigma, cond),
+                "generator": lambda: backbone.role("generator")(x, sigma, cond),
+                "teacher": lambda: backbone.role("teacher")(x, sigma, cond),
             }, 4 * repeats)
         rows.append(GenerationRow(batch, median(times["generator"]), median(times["folded"]),
                                   median(times["teacher"]), median(calls["generator"]), median(calls["teacher"])))

@@ -141,7 +141,7 @@ def measure_run(config, root: Path) -> dict[str, Held]:
     from rtdmd.train import align, distill, loop  # noqa: F401  (loaded, so that their names get patched)
     from rtdmd.train.ema import EMA
     from rtdmd.train.optim import build_optimizer
-    from rtdmd.train.runs import build_components
+    from rtdmd.train.components import build_components
 
     captured: dict = {"stage1": []}
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from rtdmd.config import load_config
 from rtdmd.train import align, distill
 from rtdmd.train.logging import read_metrics
-from rtdmd.train.runs import load_run
-from rtdmd.worlds.evaluate import evaluate_role
+from rtdmd.app.runs import load_run
+from rtdmd.app.world_metrics import evaluate_role
 
 WORLDS = ["gmm/default", "gmm/unequal", "gmm/ring3d"]
 # Stage-2 variants: (name, world, overrides). All use the exact preset of the world configs.

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rtdmd.functional.samplers import sample_cps
+from rtdmd.functional.samplers import rollout
 from rtdmd.functional.schedules import uniform_sigmas
 from rtdmd.worlds.shapes import nets, oracle, prompts, render, teacher
 
@@ -64,14 +64,14 @@ def sample_teacher(transformer, embeds, pooled, null_embeds, null_pooled, steps:
     context = torch.cat([null_embeds.expand(n, -1, -1), embeds])
     pooled2 = torch.cat([null_pooled.expand(n, -1), pooled])
 
-    def velocity(x, sigma):
+    def velocity(x, sigma, _):
         v = transformer(hidden_states=torch.cat([x, x]), timestep=torch.cat([sigma, sigma]) * 1000,
                         encoder_hidden_states=context, pooled_projections=pooled2, return_dict=False)[0]
         v_null, v_cond = v.chunk(2)
         return v_null + cfg * (v_cond - v_null)
 
     sigmas = uniform_sigmas(steps, shift=teacher.SHIFT) if sigmas is None else sigmas
-    x = sample_cps(velocity, x, sigmas, 0.0)
+    x = rollout(velocity, x, sigmas, 0.0)
     return ((x + 1) / 2).clamp(0, 1)
 
 

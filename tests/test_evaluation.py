@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from rtdmd.data.prompts import load_prompts
-from rtdmd.evaluation import EvalProtocol, evaluate
+from rtdmd.app.evaluation import EvalProtocol, evaluate
 from rtdmd.rewards.base import WeightedReward
 from rtdmd.rewards.compositional import CompositionalReward
 from tests.rewards import toys

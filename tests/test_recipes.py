@@ -8,7 +8,7 @@ import yaml
 
 from rtdmd import config
 
-RECIPES = sorted((Path(config.__file__).parent / "configs" / "recipes").glob("*.yaml"))
+RECIPES = sorted((Path(config.__file__).parents[1] / "configs" / "recipes").glob("*.yaml"))
 
 
 def test_the_five_published_setups_are_shipped():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rtdmd.functional.samplers import cps_step
-from rtdmd.functional.schedules import flux_mu
+from rtdmd.functional.schedules import dynamic_shift_mu
 from rtdmd.scheduler import CPSScheduler
 
 
@@ -16,7 +16,7 @@ def test_levels_sd3_static_shift_and_flux_dynamic():
     torch.testing.assert_close(s.sigmas, torch.tensor([1.0, 0.9, 0.75, 0.5, 0.0]))
     torch.testing.assert_close(s.timesteps, torch.tensor([1000.0, 900.0, 750.0, 500.0]))
     f = CPSScheduler(use_dynamic_shifting=True)
-    f.set_timesteps(4, mu=flux_mu(1024))  # 512 px FLUX.1: mu = 0.63
+    f.set_timesteps(4, mu=dynamic_shift_mu(1024))  # 512 px FLUX.1: mu = 0.63
     u = torch.tensor([1.0, 0.75, 0.5, 0.25], dtype=torch.float64)
     expected = math.exp(0.63) / (math.exp(0.63) + 1 / u - 1)
     torch.testing.assert_close(f.sigmas[:4], expected.float(), rtol=1e-6, atol=1e-6)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-from rtdmd.configtools import suggest
-from rtdmd.errors import ConfigError
+from rtdmd.errors import ConfigError, suggest
 
 # section -> kind -> (module, config class, builder)
 KINDS: dict[str, dict[str, tuple[str, str, str]]] = {
@@ -22,9 +21,9 @@ KINDS: dict[str, dict[str, tuple[str, str, str]]] = {
         "flux2_klein": ("rtdmd.backbones.flux2_klein", "Flux2KleinConfig", "build"),
     },
     "reward": {
-        "linear": ("rtdmd.rewards.analytic", "LinearConfig", "build_linear"),
-        "quadratic": ("rtdmd.rewards.analytic", "QuadraticConfig", "build_quadratic"),
-        "region": ("rtdmd.rewards.analytic", "RegionConfig", "build_region"),
+        "linear": ("rtdmd.worlds.gmm.rewards", "LinearConfig", "build_linear"),
+        "quadratic": ("rtdmd.worlds.gmm.rewards", "QuadraticConfig", "build_quadratic"),
+        "region": ("rtdmd.worlds.gmm.rewards", "RegionConfig", "build_region"),
         "clipscore": ("rtdmd.rewards.clipscore", "ClipScoreConfig", "build_clipscore"),
         "pickscore": ("rtdmd.rewards.pickscore", "PickScoreConfig", "build_pickscore"),
         "aesthetic": ("rtdmd.rewards.aesthetic", "AestheticConfig", "build_aesthetic"),
@@ -34,11 +33,6 @@ KINDS: dict[str, dict[str, tuple[str, str, str]]] = {
         "shapes_clip": ("rtdmd.worlds.shapes.rewards", "ShapesCLIPConfig", "build_clip"),
         "shapes_pref": ("rtdmd.worlds.shapes.rewards", "ShapesPrefConfig", "build_pref"),
         "shapes_oracle": ("rtdmd.worlds.shapes.rewards", "ShapesOracleConfig", "build_oracle"),
-    },
-    # A world's demo (``rtdmd demo``): ``demo(out, config_name, overrides, quick) -> summary`` (no config class).
-    "demo": {
-        "gmm": ("rtdmd.report.gmm", "", "demo"),
-        "shapes": ("rtdmd.report.shapes", "", "demo"),
     },
 }
 

@@ -12,9 +12,11 @@ normals use the Box-Muller transform on 24-bit uniforms.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -85,3 +87,30 @@ class Streams:
     def randint(self, key: tuple, high: int, low: int = 0) -> int:
         """One shared integer in ``[low, high)`` (e.g. the random stop, identical on every rank)."""
         return int(torch.randint(low, high, (), generator=self.generator(*key)))
+
+
+@dataclass
+class Draw:
+    """The per-sample random numbers of one training iteration: row ``j`` is keyed by the global sample index
+    ``indices[j]``, so every draw is independent of the rank that makes it and of the number of ranks."""
+
+    streams: Streams
+    step: object
+    indices: Sequence[int]
+    shape: tuple[int, ...]
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+
+    def randn(self, *name: object) -> Tensor:
+        return self.streams.randn((*name, self.step), self.indices, self.shape, device=self.device, dtype=self.dtype)
+
+    def rand(self, *name: object) -> Tensor:
+        return self.streams.rand((*name, self.step), self.indices, device=self.device)
+
+    def fork(self, tag: object) -> Draw:
+        """Independent draws for a repeated use within one iteration (e.g. the r-th fake update)."""
+        return dataclasses.replace(self, step=(self.step, tag))
+
+    def rows(self, index: slice) -> Draw:
+        """The same draws for the samples ``index`` only."""
+        return dataclasses.replace(self, indices=list(self.indices)[index])

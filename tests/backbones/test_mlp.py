@@ -2,7 +2,7 @@
 
 import torch
 
-from rtdmd.train.runs import build_components
+from rtdmd.train.components import build_components
 from tests.tiny import tiny_config
 
 

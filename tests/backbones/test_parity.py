@@ -4,7 +4,7 @@ same seeds and prompts, the pipeline's own latents (``output_type="latent"``), t
 import pytest
 import torch
 
-from rtdmd.sample import sample, seeded_generators
+from rtdmd.app.sampling import sample, seeded_generators
 from tests.backbones.conftest import FAMILIES, HW, PROMPTS, build, pipeline_latents, stock_pipeline
 
 STEPS = 5
@@ -38,8 +38,8 @@ def test_guidance_changes_the_teacher(family, folders):
     cond = backbone.encode(PROMPTS[:1])
     x = backbone.noise(seeded_generators([0]))
     sigma = torch.tensor([0.7])
-    guided = backbone.velocity("teacher", x, sigma, cond)
-    plain = backbone.velocity("teacher", x, sigma, cond, guidance=1.0)
+    guided = backbone.role("teacher")(x, sigma, cond)
+    plain = backbone.role("teacher", 1.0)(x, sigma, cond)
     assert (guided - plain).abs().max() > 1e-3
 
 

@@ -22,7 +22,7 @@ def test_switching_roles_matches_peft_api(folders):
     roles = backbone.roles
     with torch.no_grad():
         for role in ("generator", "fake", "teacher", "generator", "teacher", "fake"):
-            ours = backbone.velocity(role, x, SIGMA, cond, guidance=1.0)
+            ours = backbone.role(role, 1.0)(x, SIGMA, cond)
             layers = roles._layers[id(model)]
             assert all(layer.disable_adapters == (role == "teacher") for layer in layers)
             if role != "teacher":
@@ -37,8 +37,8 @@ def test_switching_roles_matches_peft_api(folders):
             roles._state.clear()  # peft changed the layers behind our back: force the next switch
             assert torch.equal(ours, peft), role
     with torch.no_grad():  # the roles differ, so the comparisons above could fail
-        assert not torch.equal(backbone.velocity("generator", x, SIGMA, cond, 1.0),
-                               backbone.velocity("fake", x, SIGMA, cond, 1.0))
+        assert not torch.equal(backbone.role("generator", 1.0)(x, SIGMA, cond),
+                               backbone.role("fake", 1.0)(x, SIGMA, cond))
     roles._fix_requires_grad()  # peft's set_adapter above toggled requires_grad; our switches must not
     for role in ("teacher", "fake", "generator"):
         roles.activate(role)

@@ -4,8 +4,8 @@ adapter never changes the teacher; stage 2 freezes stage 1 and starts fresh adap
 import pytest
 import torch
 
-from rtdmd.export import merged_transformer
-from rtdmd.sample import seeded_generators
+from rtdmd.app.export import merged_transformer
+from rtdmd.app.sampling import seeded_generators
 from tests.backbones.conftest import PROMPTS, build, perturb
 
 SIGMA = torch.tensor([0.6, 0.6])
@@ -16,8 +16,8 @@ def velocities(backbone, roles=("teacher", "generator", "fake"), guidance=1.0):
     cond = backbone.encode(PROMPTS)
     x = backbone.noise(seeded_generators([1, 2]))
     with torch.no_grad():
-        out = {r: backbone.velocity(r, x, SIGMA, cond, guidance) for r in roles}
-        out["guided_teacher"] = backbone.velocity("teacher", x, SIGMA, cond)
+        out = {r: backbone.role(r, guidance)(x, SIGMA, cond) for r in roles}
+        out["guided_teacher"] = backbone.role("teacher")(x, SIGMA, cond)
     return out
 
 
@@ -57,7 +57,7 @@ def test_teacher_is_unchanged_by_adapter_training(folders):
         params = list(backbone.trainable(role).values())
         optimizer = torch.optim.Adam(params, lr=1e-2)
         for _ in range(3):
-            loss = backbone.velocity(role, x, SIGMA, cond).square().mean()
+            loss = backbone.role(role)(x, SIGMA, cond).square().mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -85,7 +85,7 @@ def test_only_the_current_adapters_train(folders):
     # A bf16 base runs with fp32 adapters: fp32 in, fp32 out, fp32 gradients on every adapter tensor; decode is
     # differentiable (reward back-propagation reaches x).
     x = backbone.noise(seeded_generators([1])).requires_grad_(True)
-    v = backbone.velocity("generator", x, torch.tensor([0.5]), backbone.encode(PROMPTS[:1]))
+    v = backbone.role("generator")(x, torch.tensor([0.5]), backbone.encode(PROMPTS[:1]))
     assert v.dtype == torch.float32
     (v.square().mean() + backbone.decode(x).mean()).backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in gen.values())
@@ -110,7 +110,7 @@ def test_stage2_freezes_stage1_and_starts_fresh(folders):
     cond = backbone.encode(PROMPTS)
     x = backbone.noise(seeded_generators([1, 2]))
     perturb(backbone, "generator", 0.1, seed=3)
-    backbone.velocity("generator", x, SIGMA, cond).square().mean().backward()
+    backbone.role("generator")(x, SIGMA, cond).square().mean().backward()
     assert all(p.grad is None for p in old.values())
     assert all(p.grad is not None for p in new.values())
 
@@ -140,8 +140,8 @@ def test_folded_generator_is_the_merged_function_without_adapters(family, folder
     assert not any("lora" in name for name, _ in model.named_parameters())
     cond, x = backbone.encode(PROMPTS), backbone.noise(seeded_generators([1, 2]))
     with torch.no_grad():
-        folded = backbone.velocity("generator", x, SIGMA, cond, 1.0)
+        folded = backbone.role("generator", 1.0)(x, SIGMA, cond)
     assert (live["generator"] - live["teacher"]).abs().max() > 1e-2  # the adapters matter
     torch.testing.assert_close(folded, live["generator"], rtol=1e-5, atol=1e-5)
     with pytest.raises(RuntimeError, match="folded"):
-        backbone.velocity("teacher", x, SIGMA, cond, 1.0)
+        backbone.role("teacher", 1.0)(x, SIGMA, cond)

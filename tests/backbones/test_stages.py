@@ -13,7 +13,7 @@ from PIL import Image
 import rtdmd.scheduler
 from rtdmd.backbones.loading import load_pipeline
 from rtdmd.cli import main
-from rtdmd.sample import seeded_generators
+from rtdmd.app.sampling import seeded_generators
 from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint
 from tests.backbones.conftest import CPU, FAMILIES, HW
 from tests.backbones.image_reward import registered

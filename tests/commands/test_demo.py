@@ -34,9 +34,9 @@ def test_a_world_without_a_demo_is_a_user_error(tmp_path, capsys):
 
 
 def test_the_default_world_is_shapes(monkeypatch, tmp_path):
-    from rtdmd import registry
+    from rtdmd import demo
 
-    monkeypatch.setitem(registry.KINDS["demo"], "shapes", ("tests.commands.test_demo", "", "record_demo"))
+    monkeypatch.setitem(demo.DEMOS, "shapes", "tests.commands.test_demo")
     RECORDED.clear()
     assert main(["demo", "--out", str(tmp_path / "d"), "--quick", "--set", "run.seed=3"]) == 0
     (out, name, overrides, quick), = RECORDED
@@ -46,7 +46,7 @@ def test_the_default_world_is_shapes(monkeypatch, tmp_path):
 RECORDED = []
 
 
-def record_demo(out, config_name, overrides, quick):
+def demo(out, config_name, overrides, quick):
     """A stand-in demo that records its arguments (the CLI's dispatch is what is tested here)."""
     RECORDED.append((out, config_name, overrides, quick))
     return {"recorded": True}

@@ -1,4 +1,4 @@
-
+import math
 import pytest
 import torch
 
@@ -11,10 +11,10 @@ def test_kappa_identity_for_shared_noise_projections(eta):
     s = torch.tensor([0.0, 0.2, 0.5, 0.75, 0.9, 0.3])
     t = torch.tensor([0.3, 0.4, 0.8, 0.95, 0.97, 0.9])
     diff = samplers.cps_step(x_t, v1, t, s, eta, z) - samplers.cps_step(x_t, v2, t, s, eta, z)
-    k = dmd.kappa(s, t, eta)
+    # kappa(s, t) = s cos(theta) (1 - t) - (1 - s) t (spec 4.6); kappa = -t at s = 0
+    k = s * math.cos(eta * math.pi / 2) * (1 - t) - (1 - s) * t
     torch.testing.assert_close(diff, k.reshape(6, 1, 1) * (v1 - v2))
     assert (k < 0).all()
-    torch.testing.assert_close(dmd.kappa(0.0, t, eta), -t)
 
 
 def test_dmd_gradient_vanishes_when_fake_equals_teacher():
@@ -75,10 +75,8 @@ def test_surrogate_loss_backpropagates_g_unscaled():
 
 def test_fake_score_weight():
     sigma_ts = torch.tensor([0.0, 0.1, 0.3, 0.5])
-    torch.testing.assert_close(dmd.fake_score_weight(sigma_ts), torch.tensor([0.0, 0.1, 0.9, 1.0]))
-    torch.testing.assert_close(dmd.fake_score_weight(sigma_ts, "uniform"), torch.ones(4))
-    with pytest.raises(ValueError, match="weighting"):
-        dmd.fake_score_weight(sigma_ts, "bogus")
+    torch.testing.assert_close(dmd.published_fake_weight(sigma_ts), torch.tensor([0.0, 0.1, 0.9, 1.0]))
+    torch.testing.assert_close(dmd.uniform_fake_weight(sigma_ts), torch.ones(4))
 
 
 def test_two_sample_consistency_is_unbiased_for_squared_bias():

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -62,3 +64,19 @@ def test_reward_bp_losses():
     torch.testing.assert_close(reward_bp.reward_bp_loss_paper(r, 3.0), torch.tensor([2.0, 0.0]))
     reward_bp.reward_bp_loss_exact(r, 0.5).sum().backward()
     torch.testing.assert_close(r.grad, torch.tensor([-2.0, -2.0]))
+
+
+def test_group_advantages_paper_by_hand():
+    """Two groups of two, two rewards. clip: group means 1, 3 -> centred (-1, 1, -1, 1), batch std of (0,2,2,4)
+    is sqrt(2); hps: centred (-2, 2, 0, 0), batch std of (0, 4, 5, 5) is sqrt(4.25)."""
+    scores = {"clip": torch.tensor([0.0, 2.0, 2.0, 4.0]), "hps": torch.tensor([0.0, 4.0, 5.0, 5.0])}
+    weights = {"clip": 1.0, "hps": 2.0}
+    eps = 1e-4
+    raw = (torch.tensor([-1.0, 1.0, -1.0, 1.0]) / (math.sqrt(2) + eps)
+           + 2 * torch.tensor([-2.0, 2.0, 0.0, 0.0]) / (math.sqrt(4.25) + eps)).double()
+    expected = (raw - raw.mean()) / (raw.std(unbiased=False) + eps)
+    got = grpo.advantages_paper(scores, weights, group_size=2)
+    torch.testing.assert_close(got.double(), expected, atol=1e-6, rtol=0)
+    # exact: leave-one-out baseline, K/(K-1) * (total - group mean) / beta, total = (0, 10, 12, 14)
+    got = grpo.advantages_exact(scores, weights, group_size=2, beta=0.5)
+    torch.testing.assert_close(got, torch.tensor([-20.0, 20.0, -4.0, 4.0]))

@@ -46,7 +46,7 @@ def test_many_deterministic_steps_with_exact_velocity_converge_to_gaussian_data(
     m, var = 0.7, 0.3
     sigmas = torch.linspace(1, 0, 501)
     x = torch.randn(100_000, dtype=torch.float64)
-    out = samplers.sample_cps(lambda x, s: gaussian_velocity(x, s[0].item(), m, var), x, sigmas, 0.0)
+    out = samplers.rollout(lambda x, s, _: gaussian_velocity(x, s[0].item(), m, var), x, sigmas, 0.0)
     assert out.mean().item() == pytest.approx(m, abs=0.01)
     assert out.var().item() == pytest.approx(var, rel=0.02)
 
@@ -57,7 +57,7 @@ def test_stochastic_cps_with_exact_velocity_loses_variance():
     sigmas = torch.linspace(1, 0, 2001)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(40_000, generator=gen, dtype=torch.float64)
-    out = samplers.sample_cps(lambda x, s: gaussian_velocity(x, s[0].item(), m, var), x, sigmas, 0.9,
+    out = samplers.rollout(lambda x, s, _: gaussian_velocity(x, s[0].item(), m, var), x, sigmas, 0.9,
                               lambda i: torch.randn(40_000, generator=gen, dtype=torch.float64))
     assert out.var().item() == pytest.approx(0.171, abs=0.01)
 

@@ -10,7 +10,7 @@ def test_sd3_static_shift_matches_spec():
 
 
 def test_flux_dynamic_shift_at_512px_matches_spec():
-    mu = schedules.flux_mu((512 // 16) ** 2)
+    mu = schedules.dynamic_shift_mu((512 // 16) ** 2)
     assert mu == pytest.approx(0.63)
     sigmas = schedules.generator_sigmas(mu=mu)
     torch.testing.assert_close(sigmas, torch.tensor([1.0, 0.849, 0.652, 0.385, 0.0]), atol=1e-3, rtol=0)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from rtdmd.errors import UserError
-from rtdmd.report import shapes
+from rtdmd.demo import shapes
 from rtdmd.worlds.shapes import ASSETS
 
 TAGS = ("single_object", "colors", "counting", "two_object", "color_attr", "position")

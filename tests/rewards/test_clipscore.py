@@ -4,7 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rtdmd import configtools, registry
+from rtdmd import registry
+from rtdmd.config import strict
 from rtdmd.errors import UserError
 from rtdmd.rewards import clip_common as cc
 from rtdmd.rewards.clipscore import ClipScoreConfig, build_clipscore
@@ -106,11 +107,11 @@ def test_built_through_registry_from_root(clip_folder, monkeypatch):
     link = clip_folder.parent / "clipscore"
     if not link.exists():
         link.symlink_to(clip_folder)
-    cfg = configtools.build(registry.config_class("reward", "clipscore"), {"kind": "clipscore"}, "rewards[0]")
+    cfg = strict.build(registry.config_class("reward", "clipscore"), {"kind": "clipscore"}, "rewards[0]")
     reward = registry.builder("reward", "clipscore")(cfg, world=None, device="cpu")
     assert reward.differentiable
     with pytest.raises(Exception, match="unknown config key 'rewards\\[0\\].pth'"):
-        configtools.build(registry.config_class("reward", "clipscore"), {"kind": "clipscore", "pth": "x"}, "rewards[0]")
+        strict.build(registry.config_class("reward", "clipscore"), {"kind": "clipscore", "pth": "x"}, "rewards[0]")
 
 
 def test_missing_weights_one_line_error(tmp_path):

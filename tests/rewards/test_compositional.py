@@ -105,10 +105,11 @@ def test_reward_on_drawn_images_with_pixel_oracle():
 
 
 def test_built_from_config_with_a_detector_factory():
-    from rtdmd import configtools, registry
+    from rtdmd import registry
+    from rtdmd.config import strict
 
     cls = registry.config_class("reward", "compositional")
-    cfg = configtools.build(cls, {"kind": "compositional", "detector": "tests.rewards.toys:build_oracle",
+    cfg = strict.build(cls, {"kind": "compositional", "detector": "tests.rewards.toys:build_oracle",
                                   "score": "partial"}, "rewards[0]")
     reward = registry.builder("reward", "compositional")(cfg, world=None, device="cpu")
     assert reward.info() == {"kind": "compositional", "score": "partial", "detector": {"name": "square-oracle"}}

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from rtdmd.errors import UserError
-from rtdmd.rewards import remote
+from rtdmd.rewards import remote, server, wire
 from rtdmd.rewards.compositional import CompositionalReward
 from tests.rewards import toys
 from tests.rewards.test_compositional import COUNTING, POSITION
@@ -29,7 +29,7 @@ class Serving:
     """A reward server in a background thread of this process."""
 
     def __init__(self, reward, kind="toy"):
-        self.server = remote.make_server(reward, name="toy", kind=kind, config={"a": 1}, port=0, quiet=True)
+        self.server = server.make_server(reward, name="toy", kind=kind, config={"a": 1}, port=0, quiet=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
         self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
@@ -64,7 +64,7 @@ def test_live_server_scores_like_the_reward_itself(serve):
     quantised = (images * 255).round() / 255
     torch.testing.assert_close(png(images, prompts), toys.Brightness()(quantised, prompts), atol=1e-6, rtol=0)
     info = exact.info()
-    assert info["protocol"] == remote.PROTOCOL and info["name"] == "toy" and info["differentiable"] is False
+    assert info["protocol"] == wire.PROTOCOL and info["name"] == "toy" and info["differentiable"] is False
     assert info["config"] == {"a": 1} and info["encodings"] == ["png", "f32"] and not exact.differentiable
 
 
@@ -88,7 +88,7 @@ def post(url: str, body: bytes) -> tuple[int, dict]:
 def test_malformed_requests_get_400_with_a_reason(serve):
     url = serve(toys.Brightness())
     good = {"protocol": 1, "prompts": ["a"], "metadata": None,
-            "images": remote.encode_images(torch.zeros(1, 3, 4, 4), "f32")}
+            "images": wire.encode_images(torch.zeros(1, 3, 4, 4), "f32")}
     assert post(url, json.dumps(good).encode())[0] == 200
     cases = [(b"not json", "not JSON"), (json.dumps({**good, "protocol": 2}).encode(), "protocol"),
              (json.dumps({**good, "prompts": ["a", "b"]}).encode(), "list of 1 strings"),

@@ -29,8 +29,10 @@ import torch.distributed
 from safetensors.torch import save_file
 
 from rtdmd.config import resolve
-from rtdmd.train import align, distill, state, steps
+from rtdmd.functional.samplers import rollout
+from rtdmd.train import align, distill, objectives
 from rtdmd.train.parallel import shutdown
+from rtdmd.train.state import TrainState
 from tests.tiny import tiny_config
 
 # Learning rates large enough that the runs move the weights by ~1e-3..1e-2 in a few steps (so that agreement
@@ -46,7 +48,7 @@ def config(*overrides: str):
 
 def evaluator(cfg):
     """The world's metrics of the EMA generator, as ``rtdmd distill`` / ``align`` compute them."""
-    from rtdmd.worlds.evaluate import evaluate_role
+    from rtdmd.app.world_metrics import evaluate_role
 
     return lambda parts, step: evaluate_role(parts, cfg)["summary"]
 
@@ -61,49 +63,52 @@ def train(stage, *overrides, resume=False, **dirs):
 @contextmanager
 def nan_generator_loss(calls):
     """The stage-1 generator loss is NaN on the given (1-based) calls."""
-    original, count = steps.generator_dmd_loss, [0]
+    original, count = objectives.DMDLoss.__call__, [0]
 
     def loss(*args, **kwargs):
         count[0] += 1
         value, metrics = original(*args, **kwargs)
         return (value * float("nan") if count[0] in calls else value), metrics
 
-    steps.generator_dmd_loss = loss
+    objectives.DMDLoss.__call__ = loss
     try:
         yield
     finally:
-        steps.generator_dmd_loss = original
+        objectives.DMDLoss.__call__ = original
 
 
 class Recorder:
-    """Wraps the rollout functions the loops call, to keep what this rank drew."""
+    """Wraps what the loops call, to keep what this rank drew: the stage-1 rollouts (random stop, initial noise),
+    the stage-2 sampling rollouts (indices, trained steps, initial and injected noise), and the tensors every
+    rank hands to a checkpoint."""
 
     def __init__(self, rank: int, out: Path):
         self.rank, self.out, self.run, self.sigterm_at = rank, out, "", None
         self.draws: dict[str, list] = {}
-        cps_rollout, group_rollout, write = steps.cps_rollout, align.group_rollout, state.write
+        group_rollout, state_dict = align.group_rollout, TrainState.state_dict
 
-        def record_cps(backbone, role, cond, x, sigmas, eta, noise, stop, grad_last=False):
+        def record_stage1(velocity, x, sigmas, eta, noise=None, cond=None, *, stop=None, **kwargs):
             self.draws.setdefault(self.run, []).append({"stop": stop, "x_init": x.detach().clone()})
             if self.sigterm_at == len(self.draws[self.run]):
                 os.kill(os.getpid(), signal.SIGTERM)  # preemption reaching this rank only
-            return cps_rollout(backbone, role, cond, x, sigmas, eta, noise, stop, grad_last)
+            return rollout(velocity, x, sigmas, eta, noise, cond, stop=stop, **kwargs)
 
-        def record_group(backbone, cond, draw, group_size, sigmas, eta, trained, log_prob):
-            traj = group_rollout(backbone, cond, draw, group_size, sigmas, eta, trained, log_prob)
+        def record_group(generator, cond, draw, group_size, sigmas, eta, trained):
+            traj = group_rollout(generator, cond, draw, group_size, sigmas, eta, trained)
             self.draws.setdefault(self.run, []).append({
                 "indices": list(draw.indices), "trained": list(trained), "x_init": traj.states[0].clone(),
                 "noises": [z.clone() for z in traj.noises if z is not None]})
             return traj
 
-        def record_write(run_dir, step, tensors, meta, is_main):
+        def record_state(state):
+            tensors, info = state_dict(state)
             saved = self.out / "saved"
             saved.mkdir(parents=True, exist_ok=True)
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-                      str(saved / f"{self.run.replace('/', '_')}_step{step}_rank{self.rank}.safetensors"))
-            write(run_dir, step, tensors, meta, is_main)
+                      str(saved / f"{self.run.replace('/', '_')}_step{state.step}_rank{self.rank}.safetensors"))
+            return tensors, info
 
-        steps.cps_rollout, align.group_rollout, state.write = record_cps, record_group, record_write
+        distill.rollout, align.group_rollout, TrainState.state_dict = record_stage1, record_group, record_state
 
 
 def main(out: Path) -> None:

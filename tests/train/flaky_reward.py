@@ -4,7 +4,7 @@ infinity in one sample on chosen calls, or on every call."""
 from dataclasses import dataclass
 from typing import Literal
 
-from rtdmd.rewards.analytic import Linear
+from rtdmd.worlds.gmm.rewards import Linear
 
 
 @dataclass(frozen=True)

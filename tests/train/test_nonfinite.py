@@ -11,7 +11,7 @@ import yaml
 from rtdmd import registry
 from rtdmd.cli import main
 from rtdmd.errors import UserError
-from rtdmd.train import align, distill, steps
+from rtdmd.train import align, distill, objectives
 from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint
 from tests.tiny import TINY, tiny_config
 
@@ -75,14 +75,14 @@ def test_stage2_stops_after_patience_with_a_checkpoint(stage1, tmp_path, capsys)
 
 def poisoned(monkeypatch, calls):
     """Make the stage-1 generator loss NaN on the given (1-based) calls; returns the call counter."""
-    original, count = steps.generator_dmd_loss, {"n": 0}
+    original, count = objectives.DMDLoss.__call__, {"n": 0}
 
     def loss(*args, **kwargs):
         count["n"] += 1
         value, metrics = original(*args, **kwargs)
         return (value * float("nan") if calls is None or count["n"] in calls else value), metrics
 
-    monkeypatch.setattr(steps, "generator_dmd_loss", loss)
+    monkeypatch.setattr(objectives.DMDLoss, "__call__", loss)
     return count
 
 
@@ -110,11 +110,12 @@ def test_stage1_patience_counts_each_update_separately(monkeypatch, tmp_path):
 def test_evaluation_with_a_nan_reward_is_a_one_line_error():
     # Without a closed-form tilt the analytic world resamples teacher samples by exp(r / beta): NaN weights.
     from rtdmd.rewards.base import RewardSet, WeightedReward
-    from rtdmd.train.runs import build_components
+    from rtdmd.train.components import build_components
     from tests.train.flaky_reward import Flaky, FlakyConfig
 
     class NoTilt(Flaky):
-        tilt = None
+        def tilt(self, mixture, beta):  # no closed form
+            return None
 
     world = build_components(tiny_config(), torch.device("cpu")).world
     rewards = RewardSet([WeightedReward("flaky", NoTilt(FlakyConfig(always=True)))])

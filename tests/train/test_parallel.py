@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from rtdmd.errors import UserError
-from rtdmd.train.parallel import Dist, env_world_size, resolve_device, shard_backbone
+from rtdmd.devices import resolve_device
+from rtdmd.train.parallel import Dist, env_world_size, shard_backbone
 from rtdmd.train.signals import StopRequest, exit_code
 
 

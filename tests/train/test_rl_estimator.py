@@ -11,9 +11,9 @@ from rtdmd.config import AlignConfig
 from rtdmd.functional import grpo
 from rtdmd.functional.schedules import generator_sigmas
 from rtdmd.rewards.base import RewardSet, WeightedReward
-from rtdmd.rng import Streams
-from rtdmd.train import steps
-from rtdmd.train.align import generator_losses, group_rollout
+from rtdmd.rng import Draw, Streams
+from rtdmd.train import objectives
+from rtdmd.train.align import generator_terms, group_rollout
 
 SIGMAS = generator_sigmas(shift=3.0)  # [1, 0.9, 0.75, 0.5, 0]
 ETA = 0.9
@@ -30,9 +30,12 @@ class LinearGenerator:
         self.A = nn.Parameter(0.3 * torch.randn(4, generator=gen))
         self.B = nn.Parameter(0.3 * torch.randn(4, generator=gen))
 
-    def velocity(self, role, x, sigma, cond, guidance=None):
+    def velocity(self, x, sigma, cond):
         k = int(torch.argmin((SIGMAS[:4] - sigma[0]).abs()))
         return self.A[k] * x + self.B[k]
+
+    def role(self, name, guidance=None):
+        return self.velocity
 
     def trainable(self, role):
         return {"A": self.A, "B": self.B}
@@ -73,7 +76,9 @@ def test_subgrpo_plus_final_step_bp_is_unbiased():
     rewards = RewardSet([WeightedReward("q", Quadratic(center))])
     cfg = dataclasses.replace(AlignConfig(), dm=False, log_prob="gaussian", advantages="exact",
                               policy_reduction="unbiased_sum", bp_loss="linear", bp_weight=1.0, subset_size=2,
-                              eta=ETA)
+                              eta=ETA, fake_weighting="uniform", dm_loss="score", dm_weight=1.0,
+                              dm_backprop="last_step")
+    objective = objectives.stage2(cfg, beta, rewards)
     groups, k = 16, 8
     indices = list(range(groups * k))
     cond = {"dummy": torch.zeros(len(indices), 1)}
@@ -81,12 +86,12 @@ def test_subgrpo_plus_final_step_bp_is_unbiased():
     for it in range(300):
         streams = Streams(it)
         trained = grpo.choose_step_subset(3, 2, streams.generator("subset", it))
-        draw = steps.Draw(streams, it, indices, (1,), gen.device)
-        traj = group_rollout(gen, cond, draw, k, SIGMAS, ETA, trained, "gaussian")
+        draw = Draw(streams, it, indices, (1,), gen.device)
+        traj = group_rollout(gen.velocity, cond, draw, k, SIGMAS, ETA, trained)
         scores = rewards.score(traj.final, [""] * len(indices))
-        adv = grpo.advantages_exact(scores, rewards.weights, k, beta)
-        losses, _ = generator_losses(gen, rewards, cfg, beta, SIGMAS, trained, cond, traj, adv, [""] * len(indices),
-                                  [{}] * len(indices), draw)
+        adv = objective.advantages(scores, rewards.weights, k)
+        losses, _ = generator_terms(objective, gen.velocity, None, None, gen.decode, SIGMAS, ETA, trained, cond, traj,
+                                    adv, [""] * len(indices), [{}] * len(indices), draw)
         loss = sum(losses.values()).mean()
         grad_a, grad_b = torch.autograd.grad(loss, [gen.A, gen.B])
         estimates.append(-torch.cat([grad_a, grad_b]))  # the loss descends -grad E[r] / beta
@@ -102,12 +107,13 @@ def test_paper_reduction_averages_over_trained_steps():
     # "mean" divides the subset's sum by |S|; "unbiased_sum" multiplies it by #stochastic / |S|.
     gen = LinearGenerator()
     cond = {"dummy": torch.zeros(8, 1)}
-    draw = steps.Draw(Streams(0), 0, list(range(8)), (1,), gen.device)
-    traj = group_rollout(gen, cond, draw, 4, SIGMAS, ETA, [0, 2], "gaussian")
+    draw = Draw(Streams(0), 0, list(range(8)), (1,), gen.device)
+    traj = group_rollout(gen.velocity, cond, draw, 4, SIGMAS, ETA, [0, 2])
     adv = torch.linspace(-1, 1, 8)
-    mean, _ = steps.policy_loss(gen, cond, traj, SIGMAS, ETA, [0, 2], adv, log_prob="gaussian", clip_range=1.0, reduction="mean")
-    total, _ = steps.policy_loss(gen, cond, traj, SIGMAS, ETA, [0, 2], adv, log_prob="gaussian", clip_range=1.0,
-                                 reduction="unbiased_sum")
+    policy = lambda reduction: objectives.PolicyLoss(objectives.LOG_PROBS["gaussian"], 1.0,  # noqa: E731
+                                                    objectives.POLICY_REDUCTIONS[reduction])
+    mean, _ = policy("mean")(gen.velocity, cond, traj, SIGMAS, ETA, [0, 2], adv)
+    total, _ = policy("unbiased_sum")(gen.velocity, cond, traj, SIGMAS, ETA, [0, 2], adv)
     torch.testing.assert_close(total, mean * 2 * 3 / 2)
 
 
@@ -116,16 +122,16 @@ def test_untrained_steps_share_noise_within_groups():
     k, groups = 4, 3
     cond = {"dummy": torch.zeros(k * groups, 1)}
     trained = [1]
-    full = steps.Draw(Streams(5), 7, list(range(k * groups)), (1,), gen.device)
-    traj = group_rollout(gen, cond, full, k, SIGMAS, ETA, trained, "gaussian")
+    full = Draw(Streams(5), 7, list(range(k * groups)), (1,), gen.device)
+    traj = group_rollout(gen.velocity, cond, full, k, SIGMAS, ETA, trained)
     for step in (0, 2):
         z = traj.noises[step].reshape(groups, k)
         assert torch.equal(z, z[:, :1].expand_as(z)) and len(set(z[:, 0].tolist())) == groups
     z = traj.noises[1].reshape(groups, k)
     assert len(set(z.flatten().tolist())) == k * groups
     # a rank holding only some members of a group draws the same shared noise (rows 5..8 straddle groups 1, 2)
-    part = steps.Draw(Streams(5), 7, list(range(5, 9)), (1,), gen.device)
-    sub = group_rollout(gen, {"dummy": torch.zeros(4, 1)}, part, k, SIGMAS, ETA, trained, "gaussian")
+    part = Draw(Streams(5), 7, list(range(5, 9)), (1,), gen.device)
+    sub = group_rollout(gen.velocity, {"dummy": torch.zeros(4, 1)}, part, k, SIGMAS, ETA, trained)
     for step in range(3):
         torch.testing.assert_close(sub.noises[step], traj.noises[step][5:9])
     torch.testing.assert_close(sub.final, traj.final[5:9])

@@ -3,7 +3,7 @@ import torch
 
 from rtdmd.config import resolve
 from rtdmd.errors import ConfigError
-from rtdmd.train.runs import build_components
+from rtdmd.train.components import build_components
 from tests.tiny import TINY
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rtdmd.functional.flow import score_from_velocity
-from rtdmd.worlds.mixture import Mixture, energy_distance
+from rtdmd.worlds.gmm.mixture import Mixture, energy_distance
 
 
 def reference_log_prob(mix: Mixture, x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rtdmd import registry
-from rtdmd.configtools import build
+from rtdmd.config.strict import build
 from rtdmd.errors import UserError
 from rtdmd.rewards.base import Reward
 from rtdmd.worlds.shapes import oracle, prompts, render

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from rtdmd import registry
-from rtdmd.configtools import build
+from rtdmd.config.strict import build
 from rtdmd.errors import ConfigError, UserError
 from rtdmd.worlds.shapes import prompts, render
 

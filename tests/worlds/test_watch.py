@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rtdmd.worlds.watch import HackingRule, RewardHackingWatch, fitted_change, hacking_warning
+from rtdmd.app.watch import HackingRule, RewardHackingWatch, fitted_change, hacking_warning
 
 RULE = HackingRule(window=4, min_drop=0.03)
 

@@ -8,11 +8,11 @@ A backbone holds three roles of one flow model (spec section 6):
 
 Diffusers backbones implement the roles as LoRA adapters on one frozen base (teacher = adapters disabled);
 the analytic world implements them as an exact velocity and two small MLPs. Trainers never look at a model's
-name: they call the methods below.
+name: they ask for a role's velocity function, ``backbone.role("generator")``, and call it as
+``v = generator(x, sigma, cond)``; :func:`rtdmd.functional.samplers.rollout` takes it as it is.
 
-Conditioning is a ``dict[str, Tensor]`` of batch-first tensors, opaque to trainers (``select`` /
-``repeat_cond`` index it). Each backbone keeps what CFG needs (for example the empty prompt's embeddings)
-internally.
+Conditioning is a ``dict[str, Tensor]`` of batch-first tensors, opaque to trainers (they index its rows). Each
+backbone keeps what CFG needs (for example the empty prompt's embeddings) internally.
 
 Optional hooks (duck-typed; see docs/training.md): ``fsdp_units() -> list[nn.Module]``, the modules FSDP2
 shards one by one (transformer blocks, then the roots), needed for ``run.parallel: fsdp``; ``fold(role)``, for a
@@ -23,7 +23,7 @@ read files but load no model (weights present, pipeline family), run before any 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -32,6 +32,8 @@ from torch import Tensor, nn
 Cond = dict[str, Tensor]
 ROLES = ("teacher", "generator", "fake")
 TRAINED_ROLES = ("generator", "fake")
+Velocity = Callable[[Tensor, Tensor, Cond], Tensor]
+"""A role's velocity function ``(x, sigma, cond) -> v ~ eps - x0``, ``sigma`` of shape ``(B,)``."""
 
 
 @runtime_checkable
@@ -43,11 +45,11 @@ class Backbone(Protocol):
     def encode(self, prompts: Sequence[str]) -> Cond:
         """Conditioning for a batch of prompts (cached where possible)."""
 
-    def velocity(self, role: str, x: Tensor, sigma: Tensor, cond: Cond, guidance: float | None = None) -> Tensor:
-        """Velocity ``v ~ eps - x0`` of ``role`` at ``(x, sigma)``; ``sigma`` has shape ``(B,)``.
+    def role(self, name: str, guidance: float | None = None) -> Velocity:
+        """The velocity function of role ``name`` (``"teacher"``, ``"generator"`` or ``"fake"``).
 
         ``guidance=None`` uses the role's default: the teacher's configured CFG scale (or guidance input),
-        1 (no CFG) for the generator and the fake score. The output has the dtype of ``x``."""
+        1 (no CFG) for the generator and the fake score. Its output has the dtype of ``x``."""
 
     def noise(self, generators: Sequence[torch.Generator]) -> Tensor:
         """Initial noise ``(len(generators), *sample_shape)`` on ``device``, one sample per CPU generator, drawn
@@ -74,19 +76,3 @@ class Backbone(Protocol):
     def start_stage2(self) -> None:
         """Freeze the current generator and fake score (the stage-1 result) into the model and start fresh
         trainable tensors that leave both functions unchanged (spec section 5: merge, new adapters)."""
-
-
-def select(cond: Cond, index: Tensor | slice | Sequence[int]) -> Cond:
-    """Rows ``index`` of every conditioning tensor."""
-    if isinstance(index, Sequence) and not isinstance(index, Tensor):
-        index = torch.as_tensor(list(index), dtype=torch.long)
-    return {k: v[index.to(v.device) if isinstance(index, Tensor) else index] for k, v in cond.items()}
-
-
-def repeat_cond(cond: Cond, times: int) -> Cond:
-    """Each row repeated ``times`` times consecutively (a group of ``times`` samples per prompt)."""
-    return {k: v.repeat_interleave(times, dim=0) for k, v in cond.items()}
-
-
-def concat_cond(conds: Sequence[Cond]) -> Cond:
-    return {k: torch.cat([c[k] for c in conds]) for k in conds[0]}

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from rtdmd.backbones.base import ROLES, Cond
-from rtdmd.configtools import check
+from rtdmd.backbones.base import ROLES, Cond, Velocity
+from rtdmd.config.strict import check
 from rtdmd.functional import schedules
 
 if TYPE_CHECKING:
@@ -83,8 +83,8 @@ def fsdp_units(transformers) -> list[nn.Module]:
 
 
 def role_guidance(role: str, guidance: float | None, teacher_guidance: float) -> float:
-    """The guidance of a velocity call: explicit, or the role's default (teacher: its configured scale;
-    generator and fake score: 1, spec section 0)."""
+    """The guidance of a role: explicit, or the role's default (teacher: its configured scale; generator and
+    fake score: 1, spec section 0)."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r} (roles: {ROLES})")
     if guidance is not None:
@@ -122,6 +122,14 @@ def shifted_generator_sigmas(step_list: Sequence[int], scheduler_config, mu: flo
     return schedules.generator_sigmas(step_list, shift=float(scheduler_config.get("shift", 1.0)))
 
 
+def scheduler_mu(scheduler_config, image_seq_len: int) -> float:
+    """The dynamic-shift ``mu`` of ``image_seq_len`` tokens with the constants of the family's scheduler config
+    (the defaults are FLUX.1's, as its pipeline's)."""
+    c = scheduler_config
+    return schedules.dynamic_shift_mu(image_seq_len, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+                                      c.get("base_shift", 0.5), c.get("max_shift", 1.15))
+
+
 def scheduler_sigmas(scheduler, num_steps: int, **kwargs) -> Tensor:
     """The levels a fresh copy of the family's own scheduler uses for ``num_steps`` (``set_timesteps`` with the
     arguments the family's pipeline passes), ending in 0, float32 on the CPU."""
@@ -135,6 +143,10 @@ class LoraRoleMethods:
     :class:`~rtdmd.backbones.lora.RoleAdapters`): the same for every diffusers family."""
 
     roles: "RoleAdapters"
+
+    def role(self, name: str, guidance: float | None = None) -> Velocity:
+        scale = role_guidance(name, guidance, self.cfg.teacher_guidance)
+        return lambda x, sigma, cond: self._velocity(name, x, sigma, cond, scale)
 
     def trainable(self, role: str) -> dict[str, nn.Parameter]:
         return self.roles.trainable(role)

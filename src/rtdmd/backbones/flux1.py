@@ -90,8 +90,7 @@ class Flux1Backbone(common.LoraRoleMethods):
     def encode(self, prompts: Sequence[str]) -> Cond:
         return self._cache(prompts)
 
-    def velocity(self, role: str, x: Tensor, sigma: Tensor, cond: Cond, guidance: float | None = None) -> Tensor:
-        g = common.role_guidance(role, guidance, self.cfg.teacher_guidance)
+    def _velocity(self, role: str, x: Tensor, sigma: Tensor, cond: Cond, g: float) -> Tensor:
         model = self.roles.activate(role)
         batch = x.shape[0]
         # As the pipeline: timestep = 1000 sigma in the latents' dtype, divided by 1000.
@@ -124,12 +123,7 @@ class Flux1Backbone(common.LoraRoleMethods):
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
     def _mu(self) -> float:
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-        config = self.pipe.scheduler.config
-        return calculate_shift(self.sample_shape[0], config.get("base_image_seq_len", 256),
-                               config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
-                               config.get("max_shift", 1.15))
+        return common.scheduler_mu(self.pipe.scheduler.config, self.sample_shape[0])
 
     def generator_sigmas(self, step_list: Sequence[int]) -> Tensor:
         return common.shifted_generator_sigmas(step_list, self.pipe.scheduler.config, self._mu())

@@ -24,8 +24,9 @@ from torch import Tensor, nn
 from rtdmd.backbones import common
 from rtdmd.backbones.base import Cond
 from rtdmd.backbones.lora import LoraSpec, RoleAdapters
-from rtdmd.configtools import check
+from rtdmd.config.strict import check
 from rtdmd.errors import UserError
+from rtdmd.functional import schedules
 
 # Spec 4.7: the attention projections, plus the fused projections of the single-stream blocks.
 KLEIN_TARGETS = common.ATTENTION_TARGETS + ("to_qkv_mlp_proj", "to_out")
@@ -106,8 +107,7 @@ class Flux2KleinBackbone(common.LoraRoleMethods):
     def encode(self, prompts: Sequence[str]) -> Cond:
         return self._cache(prompts)
 
-    def velocity(self, role: str, x: Tensor, sigma: Tensor, cond: Cond, guidance: float | None = None) -> Tensor:
-        g = common.role_guidance(role, guidance, self.cfg.teacher_guidance)
+    def _velocity(self, role: str, x: Tensor, sigma: Tensor, cond: Cond, g: float) -> Tensor:
         model = self.roles.activate(role)
         batch = x.shape[0]
         # As the pipeline: timestep = 1000 sigma in the latents' dtype, divided by 1000.
@@ -142,9 +142,7 @@ class Flux2KleinBackbone(common.LoraRoleMethods):
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
     def _mu(self, num_steps: int) -> float:
-        from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
-
-        return compute_empirical_mu(image_seq_len=self.sample_shape[0], num_steps=num_steps)
+        return schedules.flux2_empirical_mu(self.sample_shape[0], num_steps)
 
     def generator_sigmas(self, step_list: Sequence[int]) -> Tensor:
         return common.shifted_generator_sigmas(step_list, self.pipe.scheduler.config, self._mu(len(step_list)))

@@ -14,11 +14,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from rtdmd.backbones.base import Cond
-from rtdmd.configtools import check
+from rtdmd.backbones.base import Cond, Velocity
+from rtdmd.errors import ConfigError
+from rtdmd.config.strict import check
 from rtdmd.functional.flow import interpolate
 from rtdmd.functional.schedules import generator_sigmas, uniform_sigmas
 from rtdmd.rng import Streams
+from rtdmd.worlds.base import AnalyticWorld, World
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ class VelocityMLP(nn.Module):
 class MLPBackbone:
     """Teacher = the world's exact velocity; generator, fake = :class:`VelocityMLP` (fp32, fully trained)."""
 
-    def __init__(self, cfg: MLPBackboneConfig, world, device: torch.device):
+    def __init__(self, cfg: MLPBackboneConfig, world: AnalyticWorld, device: torch.device):
         self.cfg, self.world, self.device = cfg, world, torch.device(device)
         self.sample_shape = (world.dim,)
         torch.manual_seed(cfg.seed)  # weight init only; training draws from counter-based streams
@@ -74,10 +76,11 @@ class MLPBackbone:
     def encode(self, prompts: Sequence[str]) -> Cond:
         return {"prompt_ids": self.world.prompt_index(prompts).to(self.device)}
 
-    def velocity(self, role: str, x: Tensor, sigma: Tensor, cond: Cond, guidance: float | None = None) -> Tensor:
-        if role == "teacher":
-            return self.world.teacher_velocity(x, sigma, cond["prompt_ids"], guidance)
-        return self.nets[role](x, sigma, cond["prompt_ids"])
+    def role(self, name: str, guidance: float | None = None) -> Velocity:
+        if name == "teacher":
+            return lambda x, sigma, cond: self.world.teacher_velocity(x, sigma, cond["prompt_ids"], guidance)
+        net = self.nets[name]
+        return lambda x, sigma, cond: net(x, sigma, cond["prompt_ids"])
 
     def noise(self, generators: Sequence[torch.Generator]) -> Tensor:
         return torch.stack([torch.randn(self.sample_shape, generator=g) for g in generators]).to(self.device)
@@ -103,7 +106,7 @@ class MLPBackbone:
         gen = streams.generator("fit_data")
         counts = torch.bincount(torch.randint(n_prompts, (cfg.fit_points,), generator=gen), minlength=n_prompts)
         ids = torch.repeat_interleave(torch.arange(n_prompts), counts)
-        x0 = torch.cat([self.world.prompt_mixtures[p].sample(int(c), gen)[0] for p, c in enumerate(counts)]).float()
+        x0 = torch.cat([self.world.sample_data(p, int(c), gen) for p, c in enumerate(counts)]).float()
         sigma = torch.rand(cfg.fit_points, generator=gen)
         x = interpolate(x0, torch.randn(x0.shape, generator=gen), sigma)
         x, sigma, ids = x.to(self.device), sigma.to(self.device), ids.to(self.device)
@@ -133,9 +136,7 @@ class MLPBackbone:
         """Full fine-tuning of the MLPs: the stage-1 weights are the starting point, nothing to fold."""
 
 
-def build(cfg: MLPBackboneConfig, *, world, device, dtype=torch.float32) -> MLPBackbone:
-    if not hasattr(world, "teacher_velocity"):
-        from rtdmd.errors import ConfigError
-
+def build(cfg: MLPBackboneConfig, *, world: World, device, dtype=torch.float32) -> MLPBackbone:
+    if not isinstance(world, AnalyticWorld):
         raise ConfigError("backbone kind 'mlp' needs an analytic world (world.kind: gmm)")
     return MLPBackbone(cfg, world, device)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from rtdmd.backbones import common
 from rtdmd.backbones.base import Cond
 from rtdmd.backbones.lora import LoraSpec, RoleAdapters
-from rtdmd.configtools import check
+from rtdmd.config.strict import check
 from rtdmd.errors import UserError
 
 
@@ -93,8 +93,7 @@ class SD3Backbone(common.LoraRoleMethods):
         return self._cache(prompts)
 
     # Velocity
-    def velocity(self, role: str, x: Tensor, sigma: Tensor, cond: Cond, guidance: float | None = None) -> Tensor:
-        g = common.role_guidance(role, guidance, self.cfg.teacher_guidance)
+    def _velocity(self, role: str, x: Tensor, sigma: Tensor, cond: Cond, g: float) -> Tensor:
         model = self.roles.activate(role)
         h = x.to(self.dtype)
         timestep = (sigma.to(self.device).float() * 1000.0).expand(x.shape[0])
@@ -124,12 +123,10 @@ class SD3Backbone(common.LoraRoleMethods):
         config = self.pipe.scheduler.config
         if not config.get("use_dynamic_shifting", False):
             return None
-        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
-
         patch = self.pipe.transformer.config.patch_size
-        seq_len = (self.sample_shape[1] // patch) * (self.sample_shape[2] // patch)
-        return calculate_shift(seq_len, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
-                               config.get("base_shift", 0.5), config.get("max_shift", 1.16))
+        # SD3's pipeline defaults differ from FLUX's only in max_shift (1.16).
+        return common.scheduler_mu({"max_shift": 1.16, **config},
+                                   (self.sample_shape[1] // patch) * (self.sample_shape[2] // patch))
 
     def generator_sigmas(self, step_list: Sequence[int]) -> Tensor:
         return common.shifted_generator_sigmas(step_list, self.pipe.scheduler.config, self._mu())

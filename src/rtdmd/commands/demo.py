@@ -3,31 +3,29 @@ on the same prompts and seeds, and a report (``report.html``, PNG figures, ``met
 
 The default world is the shapes world (a pixel-space SD3 teacher, GenEval-style prompts, learned rewards, the
 oracle on held-out prompts as the signal kept out of training); ``--world gmm`` runs the analytic world, whose
-targets are known in closed form. Each world's demo is registered under its kind in the ``demo`` section of
-:mod:`rtdmd.registry`."""
+targets are known in closed form. Each world's demo is registered under its kind in :data:`rtdmd.demo.DEMOS`."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from rtdmd.config import load_config
+from rtdmd.demo import DEMOS, demo_for
 from rtdmd.errors import UserError
 
 WORLDS = ("shapes", "gmm")
 
 
 def demo_command(args) -> int:
-    from rtdmd import registry
-    from rtdmd.config import load_config
-
     if args.config and args.world:
         raise UserError("give --world or --config, not both (--world W is --config W/default)")
     name = args.config or f"{args.world or WORLDS[0]}/default"
     kind = load_config(name, args.overrides).world.kind
-    if kind not in registry.KINDS["demo"]:
+    if kind not in DEMOS:
         raise UserError(f"config {name} is a {kind!r} world, which has no demo: use --world "
                         f"{' or --world '.join(WORLDS)}")
-    demo = registry.builder("demo", kind)
+    demo = demo_for(kind)
     out = Path(args.out)
     summary = demo(out, name, args.overrides, args.quick)
     print(json.dumps(summary, indent=1, default=str))

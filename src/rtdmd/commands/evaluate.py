@@ -3,7 +3,7 @@
 - Vector worlds (the analytic world): the world's closed-form metrics as JSON (``--out FILE.json`` or stdout).
 - Image models: generate every prompt of a prompt set for ``--num`` seeds, score with the rewards, and write
   PNGs, per-image ``scores.jsonl`` and ``summary.json`` with the protocol into ``--out DIR``
-  (:mod:`rtdmd.evaluation`).
+  (:mod:`rtdmd.app.evaluation`).
 """
 
 from __future__ import annotations
@@ -11,22 +11,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
+from rtdmd.app.evaluation import EvalProtocol, evaluate
+from rtdmd.app.runs import load_run
+from rtdmd.app.sampling import sample_images
+from rtdmd.app.world_metrics import evaluate_role
+from rtdmd.config import load_config, resolve_rewards
+from rtdmd.data.prompts import load_prompts
+from rtdmd.devices import resolve_device
 from rtdmd.errors import UserError
+from rtdmd.train.components import build_components, build_rewards
 
 
 def _components(args):
     """(config, stage, step, components) of ``--run``, or of ``--config`` for the teacher alone."""
     if args.run is not None:
-        from rtdmd.train.runs import load_run
-
         loaded = load_run(args.run, args.device)
         return loaded.config, loaded.stage, loaded.step, loaded.components
     if args.role != "teacher":
         raise UserError("--config without --run evaluates the teacher only: add --role teacher, or pass --run")
-    from rtdmd.config import load_config
-    from rtdmd.train.parallel import resolve_device
-    from rtdmd.train.runs import build_components
-
     config = load_config(args.config, args.overrides)
     return config, None, None, build_components(config, resolve_device(args.device))
 
@@ -52,8 +56,6 @@ def evaluate_command(args) -> int:
 
 
 def _vector_world(args, config, stage, step, components) -> int:
-    from rtdmd.worlds.evaluate import evaluate_role
-
     if args.prompts or args.reward:
         raise UserError("--prompts and --reward apply to image models; a vector world evaluates its own prompts "
                         "and rewards against closed-form targets")
@@ -73,21 +75,12 @@ def _vector_world(args, config, stage, step, components) -> int:
 
 
 def _image_world(args, config, stage, step, components) -> int:
-    import torch
-
-    from rtdmd.data.prompts import load_prompts
-    from rtdmd.evaluation import EvalProtocol, evaluate
-    from rtdmd.rewards.combine import build_reward_set
-    from rtdmd.sample import sample_images
-
     if args.out is None:
         raise UserError("image models write a folder of images and scores: give --out DIR")
     prompts = load_prompts(args.prompts) if args.prompts else components.world.prompts("eval")
     rewards = components.rewards
     if args.reward:
-        from rtdmd.config import resolve_rewards
-
-        rewards = build_reward_set(resolve_rewards([{"kind": k} for k in args.reward]),
+        rewards = build_rewards(resolve_rewards([{"kind": k} for k in args.reward]),
                                    world=components.world, device=torch.device(args.device))
     sigmas, eta, guidance = _sampler(config, stage, components, args)
     backbone = components.backbone

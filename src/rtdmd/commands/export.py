@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rtdmd.app.runs import load_run
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("export", help="export a trained generator for stock diffusers",
@@ -21,11 +23,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from rtdmd import export
-    from rtdmd.train.runs import load_run
+    from rtdmd.app import export  # diffusers: imported only when exporting
 
     loaded = load_run(args.run, args.device)
-    stage_cfg = loaded.config.distill if loaded.stage == "distill" else loaded.config.align
+    stage_cfg = loaded.stage_config
     eta = stage_cfg.eta if args.eta is None else args.eta
     write = export.export_merged if args.format == "merged" else export.export_lora
     out = write(loaded.components.backbone, args.out, eta=eta, step_list=stage_cfg.step_list)

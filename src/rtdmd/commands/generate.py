@@ -9,11 +9,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
+from rtdmd.app.runs import load_run
+from rtdmd.app.sampling import generate
+from rtdmd.errors import UserError
 
 
 def save_images(images, prompts: list[str], seeds: list[int], out: Path, steps: list[float], eta: float) -> None:
-    from PIL import Image
-
     out.mkdir(parents=True, exist_ok=True)
     pixels = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     with open(out / "metadata.jsonl", "w", encoding="utf-8") as meta:
@@ -24,10 +27,6 @@ def save_images(images, prompts: list[str], seeds: list[int], out: Path, steps: 
 
 
 def generate_command(args) -> int:
-    from rtdmd.errors import UserError
-    from rtdmd.sample import generate
-    from rtdmd.train.runs import load_run
-
     if args.num < 1:
         raise UserError(f"--num must be at least 1 sample per prompt, got {args.num}")
     if args.eta is not None and not 0 <= args.eta <= 1:
@@ -37,7 +36,7 @@ def generate_command(args) -> int:
     if args.fold and hasattr(backbone, "fold"):
         backbone.fold("generator")  # a sampling-only process: the base's cost per step, not base + adapters
     prompts = args.prompt or list(world.prompts("eval").texts)
-    stage_cfg = loaded.config.distill if loaded.stage == "distill" else loaded.config.align
+    stage_cfg = loaded.stage_config
     sigmas = backbone.generator_sigmas(stage_cfg.step_list)
     eta = stage_cfg.eta if args.eta is None else args.eta
     x, seeds = generate(backbone, prompts, args.num, args.seed, sigmas=sigmas, eta=eta)

@@ -11,7 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rtdmd import registry
+from rtdmd.config import parse_override, strict
+from rtdmd.devices import resolve_device
 from rtdmd.errors import UserError
+from rtdmd.rewards.server import make_server
 
 
 def add_parser(subparsers) -> None:
@@ -30,22 +34,16 @@ def add_parser(subparsers) -> None:
 
 def build(kind: str, overrides: list[str], device: str):
     """The reward of ``kind`` with its config built strictly from ``key=value`` items; returns (reward, config)."""
-    from rtdmd import configtools, registry
-    from rtdmd.config import parse_override
-
     params: dict = {"kind": kind}
     for item in overrides:
         key, value = parse_override(item)
         params[key] = value
     cls = registry.config_class("reward", kind)
-    config = configtools.build(cls, params, "reward", lambda section, k: registry.config_class(section, k))
-    return registry.builder("reward", kind)(config, world=None, device=device), configtools.to_dict(config)
+    config = strict.build(cls, params, "reward", lambda section, k: registry.config_class(section, k))
+    return registry.builder("reward", kind)(config, world=None, device=device), strict.to_dict(config)
 
 
 def run(args: argparse.Namespace) -> int:
-    from rtdmd.rewards.remote import make_server
-    from rtdmd.train.parallel import resolve_device
-
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must lie in [0, 65535] (0: any free port), got {args.port}")
     device = str(resolve_device(args.device))

@@ -10,7 +10,12 @@ import argparse
 import os
 from pathlib import Path
 
+from rtdmd.app.world_metrics import evaluate_role
 from rtdmd.config import load_config
+from rtdmd.train import align as stage2
+from rtdmd.train import distill as stage1
+from rtdmd.train.parallel import shutdown
+from rtdmd.train.signals import exit_code
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +32,6 @@ def _default_out(config: str, stage: str) -> Path:
 
 def _world_evaluator(config):
     """Evaluation at run.eval_every and at the end, when the world has closed-form metrics."""
-    from rtdmd.worlds.evaluate import evaluate_role
-
     def evaluate(parts, step):
         return evaluate_role(parts, config)["summary"]
 
@@ -37,8 +40,6 @@ def _world_evaluator(config):
 
 def _finish(result: dict, stage: str, out: Path) -> int:
     """The exit code of a training command (see the module docstring)."""
-    from rtdmd.train.signals import exit_code
-
     signum = result.get("stopped_by_signal")
     if signum is None and _is_main():
         print(f"rtdmd: {stage} finished: {out}")
@@ -50,9 +51,6 @@ def _is_main() -> bool:
 
 
 def distill(args) -> int:
-    from rtdmd.train import distill as stage1
-    from rtdmd.train.parallel import shutdown
-
     config = load_config(args.config, args.overrides)
     out = args.out or _default_out(args.config, "distill")
     result = stage1.run(config, out, resume=args.resume, evaluate=_world_evaluator(config))
@@ -61,9 +59,6 @@ def distill(args) -> int:
 
 
 def align(args) -> int:
-    from rtdmd.train import align as stage2
-    from rtdmd.train.parallel import shutdown
-
     config = load_config(args.config, args.overrides)
     out = args.out or _default_out(args.config, "align")
     result = stage2.run(config, out, args.from_dir, resume=args.resume, evaluate=_world_evaluator(config))

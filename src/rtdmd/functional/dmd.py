@@ -10,16 +10,15 @@ import torch
 from torch import Tensor
 
 from rtdmd.functional.flow import expand_like, level
-from rtdmd.functional.samplers import cps_angles, cps_step
+from rtdmd.functional.samplers import cps_step
 
 
-def kappa(s: Tensor | float, t: Tensor | float, eta: float) -> Tensor:
-    """``kappa(s, t) = s * cos(theta) * (1 - t) - (1 - s) * t``: with one shared noise, the projections of
-    two velocities from ``t`` back to ``s`` differ by ``kappa * (v_1 - v_2)`` (spec 4.6). ``kappa = -t`` at
-    ``s = 0``."""
-    cos_t, _ = cps_angles(eta)
-    s, t = level(s), level(t)
-    return s * cos_t * (1 - t) - (1 - s) * t
+# Renoising of a level-s sample (spec 4.2): tau ~ U[1000 s + RENOISE_OFFSET, TAU_TOP), clamped to TAU_CLAMP.
+RENOISE_OFFSET = 10.0
+TAU_CLAMP = (20.0, 980.0)
+TAU_TOP = 1000.0
+# Consistency regulariser (spec 4.5): t' = max(tau - delta, 0) / 1000, delta ~ U{1..CONSISTENCY_DELTA_MAX}.
+CONSISTENCY_DELTA_MAX = 200
 
 
 def dmd_gradient(x_s: Tensor, x_t: Tensor, v_teacher: Tensor, v_fake: Tensor, s: Tensor | float,
@@ -63,14 +62,15 @@ def surrogate_loss(x: Tensor, g: Tensor) -> Tensor:
     return (g.detach() * x.float()).flatten(1).sum(1)
 
 
-def fake_score_weight(sigma_ts: Tensor, kind: str = "min1_10s2") -> Tensor:
-    """Per-sample weight of the fake-score regression: the published ``min(1, 10 * sigma_ts^2)``, or
-    ``uniform`` (1 everywhere), which does not discount low noise."""
-    if kind == "min1_10s2":
-        return (10 * sigma_ts.float() ** 2).clamp(max=1.0)
-    if kind == "uniform":
-        return torch.ones_like(sigma_ts, dtype=torch.float32)
-    raise ValueError(f"unknown fake-score weighting {kind!r}; use 'min1_10s2' or 'uniform'")
+def published_fake_weight(sigma_ts: Tensor) -> Tensor:
+    """The published per-sample weight of the fake-score regression, ``min(1, 10 * sigma_ts^2)`` (spec 4.4): it
+    discounts low noise."""
+    return (10 * sigma_ts.float() ** 2).clamp(max=1.0)
+
+
+def uniform_fake_weight(sigma_ts: Tensor) -> Tensor:
+    """Weight 1 at every level: a fake score accurate at low noise too, as the exact DM term needs (spec 1)."""
+    return torch.ones_like(sigma_ts, dtype=torch.float32)
 
 
 def fake_score_loss(v_pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
@@ -90,8 +90,8 @@ def consistency_loss(h: Tensor, h1: Tensor, h2: Tensor | None = None) -> Tensor:
     return (d1 * d2).mean(1)
 
 
-def sample_renoise_level(u: Tensor, s: Tensor | float, offset: float = 10.0, lo: float = 20.0,
-                         hi: float = 980.0, top: float = 1000.0) -> Tensor:
+def sample_renoise_level(u: Tensor, s: Tensor | float, offset: float = RENOISE_OFFSET,
+                         lo: float = TAU_CLAMP[0], hi: float = TAU_CLAMP[1], top: float = TAU_TOP) -> Tensor:
     """Renoising level ``t = tau / 1000`` with ``tau ~ U[1000 s + offset, top)`` clamped to ``[lo, hi]``
     (spec 4.2); ``u ~ U[0, 1)`` is the caller's uniform draw of shape ``(B,)``."""
     start = 1000.0 * level(s, u.device) + offset

@@ -2,7 +2,8 @@
 
 Every schedule is a float32 tensor of decreasing levels that ends in 0, like k-diffusion's ``get_sigmas_*``.
 The shift formulas are those of diffusers' ``FlowMatchEulerDiscreteScheduler`` (static shift) and of
-``pipeline_flux.calculate_shift`` / ``pipeline_flux2_klein.compute_empirical_mu`` (dynamic shift).
+``pipeline_flux.calculate_shift`` / ``pipeline_flux2_klein.compute_empirical_mu`` (dynamic shift); the backbones
+call the functions here, and the tests check them against diffusers'.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ def exponential_shift(u: Tensor, mu: float) -> Tensor:
     return out.float()
 
 
-def flux_mu(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096,
-            base_shift: float = 0.5, max_shift: float = 1.15) -> float:
-    """FLUX.1 dynamic shift: ``mu`` linear in the packed token count (512 px: 1024 tokens, mu = 0.63)."""
+def dynamic_shift_mu(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096,
+                     base_shift: float = 0.5, max_shift: float = 1.15) -> float:
+    """Dynamic shift of FLUX.1 (and SD3 schedulers with ``use_dynamic_shifting``): ``mu`` linear in the token
+    count, from ``base_shift`` at ``base_seq_len`` to ``max_shift`` at ``max_seq_len`` (FLUX.1 at 512 px: 1024
+    tokens, mu = 0.63). The scheduler config supplies the four constants."""
     slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
     return base_shift + slope * (image_seq_len - base_seq_len)
 
@@ -73,7 +76,3 @@ def uniform_sigmas(num_steps: int, *, shift: float | None = None, mu: float | No
     steps = torch.linspace(1000.0, 1000.0 / num_steps, num_steps, dtype=torch.float64)
     return generator_sigmas(steps.tolist(), shift=shift, mu=mu)
 
-
-def sigma_to_timestep(sigma: Tensor) -> Tensor:
-    """Model timestep ``tau = 1000 * sigma`` (continuous, never rounded)."""
-    return sigma * 1000.0

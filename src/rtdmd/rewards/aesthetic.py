@@ -22,7 +22,8 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from rtdmd.configtools import check
+from rtdmd.devices import torch_dtype
+from rtdmd.config.strict import check
 from rtdmd.errors import UserError
 from rtdmd.rewards import clip_common as cc
 from rtdmd.rewards import clipscore
@@ -116,7 +117,7 @@ def build_aesthetic(cfg: AestheticConfig, *, world=None, device="cpu") -> Aesthe
     folder, clip_folder = locate_files(cfg)
     file = next(folder / n for n in MLP_NEED.names if (folder / n).is_file())
     mlp = mlp_from_state_dict(load_state_dict(file)).to(device)
-    embedder = clipscore.load_embedder(clip_folder, device, cc.DTYPES[cfg.dtype])
+    embedder = clipscore.load_embedder(clip_folder, device, torch_dtype(cfg.dtype))
     dim = embedder.model.config.projection_dim
     if mlp[0].in_features != dim:
         raise UserError(f"the aesthetic MLP takes {mlp[0].in_features}-d embeddings but the CLIP model in "

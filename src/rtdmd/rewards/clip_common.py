@@ -31,7 +31,6 @@ from torch import Tensor
 from rtdmd.errors import UserError
 
 ROOT_ENV = "RTDMD_REWARDS_ROOT"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 

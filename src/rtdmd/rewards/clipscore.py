@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from rtdmd.configtools import check
+from rtdmd.devices import torch_dtype
+from rtdmd.config.strict import check
 from rtdmd.rewards import clip_common as cc
 
 REPO = "openai/clip-vit-large-patch14"
@@ -57,7 +58,7 @@ def load_embedder(folder, device, dtype) -> cc.ClipEmbedder:
 
 def build_clipscore(cfg: ClipScoreConfig, *, world=None, device="cpu") -> cc.ClipCosine:
     folder = locate_files(cfg)
-    embedder = load_embedder(folder, device, cc.DTYPES[cfg.dtype])
+    embedder = load_embedder(folder, device, torch_dtype(cfg.dtype))
     info = cc.ScorerInfo("clipscore", "cos(CLIP image embedding, CLIP text embedding), raw (no x100, no clamp)",
                          tuple(cc.weight_files(folder)))
     return cc.ClipCosine(embedder, info)

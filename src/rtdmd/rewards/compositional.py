@@ -40,7 +40,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor
 
-from rtdmd.configtools import check
+from rtdmd.config.strict import check
 from rtdmd.errors import UserError
 
 RELATIONS = ("left of", "right of", "above", "below")

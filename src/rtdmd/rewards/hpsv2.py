@@ -59,7 +59,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from rtdmd.configtools import check
+from rtdmd.devices import torch_dtype
+from rtdmd.config.strict import check
 from rtdmd.errors import UserError
 from rtdmd.rewards import clip_common as cc
 
@@ -223,7 +224,7 @@ def build_hpsv2(cfg: HPSv2Config, *, world=None, device="cpu") -> cc.ClipCosine:
            "pad_token_id": tokenizer.pad_token_id}
     config = clip_config(state, vision_heads=cfg.vision_heads, text_heads=cfg.text_heads,
                          hidden_act=cfg.hidden_act, token_ids=ids)
-    model = clip_from_openclip(state, config, cc.DTYPES[cfg.dtype]).to(device)
+    model = clip_from_openclip(state, config, torch_dtype(cfg.dtype)).to(device)
     size = config.vision_config.image_size
     preprocess = cc.ClipPreprocess(size=size, crop=(size, size) if cfg.preprocess == "crop" else None,
                                    mode=cfg.preprocess)

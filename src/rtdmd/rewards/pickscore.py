@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from rtdmd.configtools import check
+from rtdmd.devices import torch_dtype
+from rtdmd.config.strict import check
 from rtdmd.rewards import clip_common as cc
 
 MODEL_REPO = "yuvalkirstain/PickScore_v1"
@@ -60,7 +61,7 @@ def locate_files(cfg: PickScoreConfig) -> tuple[Path, Path]:
 
 def build_pickscore(cfg: PickScoreConfig, *, world=None, device="cpu") -> cc.ClipCosine:
     folder, processor = locate_files(cfg)
-    model = cc.load_clip_model(folder, device, cc.DTYPES[cfg.dtype])
+    model = cc.load_clip_model(folder, device, torch_dtype(cfg.dtype))
     preprocess = cc.ClipPreprocess.from_folder(processor, model.config.vision_config.image_size)
     embedder = cc.ClipEmbedder(model, cc.load_tokenizer(processor), preprocess)
     scale = float(model.logit_scale.detach().float().exp())

@@ -1,105 +1,31 @@
-"""Rewards that run in their own process, behind a small JSON-over-HTTP protocol (docs/rewards.md).
-
-Protocol (version 1)::
-
-    GET  /info   -> {"protocol": 1, "name": ..., "kind": ..., "version": ..., "differentiable": false,
-                     "encodings": ["png", "f32"], "config": {...}}
-    POST /score  <- {"protocol": 1, "prompts": [B strings], "metadata": [B objects] | null,
-                     "images": {"encoding": "png", "data": [B base64 PNG strings]}
-                             | {"encoding": "f32", "shape": [B, 3, H, W], "data": base64 little-endian float32}}
-                 -> {"scores": [B numbers]}
-    errors       -> HTTP 4xx/5xx with {"error": "one line"}
-
-Images travel as 8-bit RGB PNG by default: that is what detectors, OCR models and VLM judges read anyway, it is
-lossless for what they see and about 4-10x smaller than float arrays. ``f32`` sends the exact float pixels
-(C order, little-endian) for scorers that must see them unrounded (a pixel oracle, or a test comparing a remote
-score with the in-process one).
+"""A reward that runs in its own process, behind a small JSON-over-HTTP protocol (:mod:`rtdmd.rewards.wire`).
 
 The client (:class:`RemoteReward`, kind ``remote``) is a reward like any other (not differentiable). It retries
 connection failures, timeouts and 502/503/504 answers with exponential backoff, then raises a one-line
-:class:`UserError` that names the URL and how to start a server. The server (:func:`make_server`, used by
-``rtdmd reward-server``) serves any registered reward with the standard library's ``ThreadingHTTPServer``;
-scoring requests are serialised by a lock (one model, one device), ``/info`` answers while a score runs.
+:class:`UserError` that names the URL and how to start a server (:mod:`rtdmd.rewards.server`,
+``rtdmd reward-server``).
 """
 
 from __future__ import annotations
 
-import base64
 import http.client
-import io
 import json
 import socket
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from rtdmd.configtools import check
+from rtdmd.config.strict import check
 from rtdmd.errors import UserError
-
-PROTOCOL = 1
-ENCODINGS = ("png", "f32")
+from rtdmd.rewards.wire import PROTOCOL, encode_images
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Encoding
-
-def encode_images(images: Tensor, encoding: Literal["png", "f32"]) -> dict[str, Any]:
-    """``(B, 3, H, W)`` in [0, 1] -> the ``images`` field of a request."""
-    images = images.detach().float().cpu()
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
-    if encoding == "f32":
-        data = images.contiguous().numpy().astype("<f4").tobytes()
-        return {"encoding": "f32", "shape": list(images.shape), "data": base64.b64encode(data).decode("ascii")}
-    from PIL import Image
-
-    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    data = []
-    for row in pixels:
-        buffer = io.BytesIO()
-        Image.fromarray(row, "RGB").save(buffer, format="PNG")
-        data.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
-    return {"encoding": "png", "data": data}
-
-
-def decode_images(field: Any) -> Tensor:
-    """The ``images`` field of a request -> ``(B, 3, H, W)`` float32 in [0, 1]; ValueError if malformed."""
-    if not isinstance(field, Mapping) or field.get("encoding") not in ENCODINGS:
-        raise ValueError(f"'images' must be an object with encoding in {list(ENCODINGS)}")
-    if field["encoding"] == "f32":
-        shape = field.get("shape")
-        valid = isinstance(shape, list) and len(shape) == 4 and all(isinstance(s, int) and s > 0 for s in shape)
-        if not valid or shape[1] != 3:
-            raise ValueError("f32 images need 'shape': [B, 3, H, W]")
-        raw = base64.b64decode(field.get("data", ""), validate=True)
-        if len(raw) != 4 * int(np.prod(shape)):
-            raise ValueError(f"f32 data holds {len(raw)} bytes, shape {shape} needs {4 * int(np.prod(shape))}")
-        return torch.from_numpy(np.frombuffer(raw, dtype="<f4").reshape(shape).astype(np.float32))
-    from PIL import Image
-
-    data = field.get("data")
-    if not isinstance(data, list) or not data:
-        raise ValueError("png images need 'data': a non-empty list of base64 PNG strings")
-    rows = []
-    for item in data:
-        image = Image.open(io.BytesIO(base64.b64decode(item, validate=True))).convert("RGB")
-        rows.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
-    if len({tuple(r.shape) for r in rows}) != 1:
-        raise ValueError("all images of one request must have the same size")
-    return torch.stack(rows).float() / 255
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Client
 
 @dataclass(frozen=True)
 class RemoteConfig:
@@ -212,95 +138,3 @@ def build_remote(cfg: RemoteConfig, *, world=None, device="cpu") -> RemoteReward
                           encoding=cfg.encoding, batch_size=cfg.batch_size)
     reward.info()  # fail at start-up, not at the first rollout, when the server is not there
     return reward
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Server
-
-class RewardServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address, reward, info: Mapping[str, Any], *, quiet: bool = False,
-                 max_body: int = 1 << 30):
-        super().__init__(address, _Handler)
-        self.reward, self.info, self.quiet, self.max_body = reward, dict(info), quiet, max_body
-        self.lock = threading.Lock()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: RewardServer
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):  # noqa: N802 (http.server's naming)
-        if self.path.rstrip("/") == "/info":
-            self._send(200, self.server.info)
-        else:
-            self._send(404, {"error": f"no such endpoint {self.path}: use GET /info or POST /score"})
-
-    def do_POST(self):  # noqa: N802
-        if self.path.rstrip("/") != "/score":
-            self._send(404, {"error": f"no such endpoint {self.path}: use POST /score"})
-            return
-        try:
-            images, prompts, metadata = self._parse()
-        except ValueError as err:
-            self._send(400, {"error": str(err)})
-            return
-        try:
-            with self.server.lock, torch.no_grad():
-                scores = self.server.reward(images, prompts, metadata)
-        except Exception as err:  # the reward's own failure: report it, keep serving
-            self._send(500, {"error": f"{type(err).__name__}: {err}".splitlines()[0]})
-            return
-        self._send(200, {"scores": [float(s) for s in scores.detach().float().cpu()]})
-
-    def _parse(self) -> tuple[Tensor, list[str], list[dict] | None]:
-        length = int(self.headers.get("Content-Length") or 0)
-        if not 0 < length <= self.server.max_body:
-            raise ValueError(f"request body must be 1..{self.server.max_body} bytes, got {length}")
-        try:
-            body = json.loads(self.rfile.read(length).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"body is not JSON: {err}") from None
-        if not isinstance(body, dict) or body.get("protocol") != PROTOCOL:
-            raise ValueError(f"body must be an object with \"protocol\": {PROTOCOL}")
-        try:
-            images = decode_images(body.get("images"))
-        except (ValueError, OSError) as err:  # PIL raises OSError subclasses for broken PNGs
-            raise ValueError(f"bad images: {err}") from None
-        prompts, metadata = body.get("prompts"), body.get("metadata")
-        if not isinstance(prompts, list) or len(prompts) != images.shape[0] or not all(isinstance(p, str) for p in prompts):
-            raise ValueError(f"'prompts' must be a list of {images.shape[0]} strings")
-        if metadata is not None and (not isinstance(metadata, list) or len(metadata) != images.shape[0]
-                                     or not all(isinstance(m, dict) for m in metadata)):
-            raise ValueError(f"'metadata' must be null or a list of {images.shape[0]} objects")
-        return images, prompts, metadata
-
-    def _send(self, status: int, payload: Mapping[str, Any]) -> None:
-        data = json.dumps(payload).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format, *args):  # noqa: A002 (http.server's signature)
-        if not self.server.quiet:
-            super().log_message(format, *args)
-
-
-def server_info(reward, *, name: str, kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``/info`` answer: protocol, name, kind, version (the reward's own info when it has one)."""
-    from rtdmd import __version__
-
-    own = getattr(reward, "info", None)
-    return {"protocol": PROTOCOL, "name": name, "kind": kind, "version": __version__, "differentiable": False,
-            "encodings": list(ENCODINGS), "config": dict(config), "scorer": own() if callable(own) else None}
-
-
-def make_server(reward, *, name: str, kind: str, config: Mapping[str, Any] | None = None,
-                host: str = "127.0.0.1", port: int = 0, quiet: bool = False) -> RewardServer:
-    """A server for ``reward`` bound to ``(host, port)`` (port 0: any free port; read ``server_address``).
-    Call ``serve_forever()`` (e.g. in a thread) and ``shutdown()`` + ``server_close()`` to stop."""
-    info = server_info(reward, name=name, kind=kind, config=config or {})
-    return RewardServer((host, port), reward, info, quiet=quiet)

@@ -1,30 +1,188 @@
-"""Stage 2, RTDMD (spec section 5): distribution matching to the teacher plus reward RL, starting from a
-stage-1 run. One iteration (5.9): rollout (no grad) -> rewards -> fake-score update -> advantages -> per
-micro-batch: SubGRPO policy loss on the trained steps + final-step loss (DM + reward back-propagation) -> one
-optimiser step -> EMA."""
+"""Stage 2, RTDMD (spec section 5): distribution matching to the teacher plus reward RL, from a stage-1 run.
+
+One iteration is one optimiser step (5.9): rollouts of every sampling round (no grad) -> rewards -> fake-score
+update -> advantages over the whole step -> per round and micro-batch: the SubGRPO policy loss on the trained
+steps plus the final-step loss (DM + reward back-propagation) -> one optimiser step -> EMA. Which terms exist
+and how they are weighted was decided once, in :func:`rtdmd.train.objectives.stage2`.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
-from rtdmd.backbones.base import TRAINED_ROLES
+from rtdmd.backbones.base import Velocity
 from rtdmd.config import Config
 from rtdmd.errors import UserError
-from rtdmd.functional import grpo, reward_bp
-from rtdmd.rng import Streams
-from rtdmd.train import preflight
-from rtdmd.train import state as train_state
-from rtdmd.train import steps
+from rtdmd.functional import grpo
+from rtdmd.functional.samplers import Trajectory, rollout
+from rtdmd.rng import Draw, Streams
+from rtdmd.train import objectives, preflight
 from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint
-from rtdmd.train.loop import start_training
-from rtdmd.train.optim import clip_and_step
-from rtdmd.train.parallel import distribute, init_distributed
-from rtdmd.train.runs import build_components, load_into, prepare_run_dir, read_run_config, role_tensors, stage_fingerprint
+from rtdmd.train.parallel import load_into
+from rtdmd.train.rundir import read_run_config
+from rtdmd.train.session import Evaluate, Session, every
 from rtdmd.train.signals import stop_on_signals
+from rtdmd.train.state import unprefixed
 
 STAGE = "align"
+
+
+@dataclass
+class Round:
+    """One sampling round of this rank: its samples' prompts, draws, rollout and rewards."""
+
+    cond: dict[str, Tensor]
+    texts: list[str]
+    metadata: list[dict]
+    draw: Draw
+    traj: Trajectory
+    scores: dict[str, Tensor]
+
+
+def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bool = False,
+        evaluate: Evaluate | None = None) -> dict:
+    """Train stage 2 into ``run_dir`` from the stage-1 run ``from_dir``; returns the last logged metrics."""
+    cfg = config.align
+    stage1_config, stage1_checkpoint = check_stage1(Path(from_dir), config)
+    preflight.check_align(config, stage1_config)
+    stage1 = load_stage1(stage1_checkpoint)
+    session = Session(config, STAGE, run_dir, resume=resume, evaluate=evaluate,
+                      info={"from": str(Path(from_dir).resolve())})
+    backbone, dist, rewards = session.backbone, session.dist, session.rewards
+    prompts = session.world.prompts("train")
+    sigmas = backbone.generator_sigmas(cfg.step_list)
+    objective = objectives.stage2(cfg, config.beta, rewards)
+    teacher, generator, fake = backbone.role("teacher"), backbone.role("generator"), backbone.role("fake")
+
+    # Start from the stage-1 result folded into the model, with fresh trainable tensors (5).
+    load_into(backbone.trainable("generator"), stage1["stage1_generator"], "stage-1 generator")
+    load_into(backbone.trainable("fake"), stage1["stage1_fake"], "stage-1 fake")
+    backbone.start_stage2()
+    state = session.train_state(cfg, ema_every=cfg.ema_every, frozen=stage1)
+    if session.fresh:
+        session.evaluate(state)  # the stage-1 result: the start of every curve
+    if cfg.bp and objective.bp is None and dist.is_main:
+        print("rtdmd: note: no differentiable reward, so the final step gets no reward back-propagation")
+
+    streams = Streams(config.run.seed)
+    per_round = cfg.samples_per_iteration  # global samples of one round; sample j of round r has index r * per_round + j
+    rows = list(dist.shard(per_round))
+    cond_all = backbone.encode(list(prompts.texts))
+    micro = cfg.micro_batch or len(rows)
+
+    def sample_round(it: int, r: int, trained: list[int]) -> Round:
+        """Round ``r``'s rollouts and rewards: ``prompts_per_iteration`` prompts, ``group_size`` samples each."""
+        order = torch.randperm(len(prompts), generator=streams.generator("groups", it)).tolist()
+        index = [r * per_round + j for j in rows]
+        prompt_of = [order[(j // cfg.group_size) % len(order)] for j in index]
+        cond = {k: v[torch.as_tensor(prompt_of, device=v.device)] for k, v in cond_all.items()}
+        draw = Draw(streams, it, index, tuple(backbone.sample_shape), session.device)
+        traj = group_rollout(generator, cond, draw, cfg.group_size, sigmas, cfg.eta, trained)
+        texts, meta = [prompts.texts[p] for p in prompt_of], [prompts.metadata[p] for p in prompt_of]
+        return Round(cond, texts, meta, draw, traj, rewards.score(backbone.decode(traj.final), texts, meta))
+
+    def update(it: int, rounds: list[Round], scores: dict[str, Tensor], trained: list[int]) -> dict:
+        """The fake score, then the generator: one optimiser step each over every round."""
+        metrics = {}
+        # Fake-score update on the final samples at s = 0 (5.7).
+        for u in range(cfg.fake_update_ratio):
+            for rnd in rounds:
+                loss, m = objective.fake(fake, rnd.cond, rnd.traj.final, 0.0, rnd.draw.fork(u))
+                state.fake.accumulate(loss.mean() / len(rounds))
+                metrics.update(m)
+            metrics.update(state.fake.step())
+        # Advantages over the whole step's global batch (5.4).
+        advantages = objective.advantages(scores, rewards.weights, cfg.group_size)
+        metrics["advantage_abs"] = advantages.abs().mean().item()
+        # Generator: per round and micro-batch, policy loss + final-step loss (5.5-5.6); one optimiser step (5.8).
+        total, sums = len(rounds) * len(rows), {}
+        for r, rnd in enumerate(rounds):
+            adv = advantages[torch.as_tensor([r * per_round + j for j in rows])].to(session.device)
+            for begin in range(0, len(rows), micro):
+                part = slice(begin, begin + micro)
+                terms, m = generator_terms(objective, generator, teacher, fake, backbone.decode, sigmas, cfg.eta,
+                                           trained, {k: v[part] for k, v in rnd.cond.items()}, rnd.traj.rows(part),
+                                           adv[part], rnd.texts[part], rnd.metadata[part], rnd.draw.rows(part))
+                if not state.generator.accumulate(sum(terms.values()).sum() / total):
+                    break
+                share = len(range(*part.indices(len(rows)))) / total
+                for name, value in [*((f"loss/{k}", v.sum().item() / total) for k, v in terms.items()),
+                                    *((k, v * share) for k, v in m.items())]:
+                    sums[name] = sums.get(name, 0.0) + value
+        step_metrics = state.generator.step()
+        return {**metrics, **step_metrics, **(sums if step_metrics else {})}
+
+    with stop_on_signals() as stop:
+        for it in session.progress(state, cfg.iterations, "stage 2 (RTDMD)", ("reward", "reward/total")):
+            trained = grpo.choose_step_subset(len(sigmas) - 2, cfg.subset_size, streams.generator("subset", it))
+            rounds = [sample_round(it, r, trained) for r in range(cfg.sampling_rounds)]
+            scores = {name: torch.cat([dist.all_gather(rnd.scores[name]) for rnd in rounds]) for name in rounds[0].scores}
+            metrics: dict = {f"reward/{n}": s.mean().item() for n, s in scores.items()}
+            metrics.update({"reward/total": rewards.total(scores).mean().item(), "trained_steps": "".join(map(str, trained))})
+            if state.guard.record("reward", state.guard.finite(torch.stack(list(scores.values())).sum(0))):
+                metrics.update(update(it, rounds, scores, trained))
+
+            # Log, evaluate, checkpoint.
+            state.step = step = it + 1
+            stopping = stop.agreed(dist)
+            last = step == cfg.iterations or stopping
+            if every(step, cfg.log_every) or last:
+                session.log(step, metrics, state)
+            if every(step, config.run.eval_every) and step != cfg.iterations:
+                session.evaluate(state)
+            if every(step, cfg.checkpoint_every) or last:
+                session.save(state)
+            if stopping:
+                break
+            session.check_finite(state)
+    return session.finish(state, stop)
+
+
+def group_rollout(generator: Velocity, cond, draw: Draw, group_size: int, sigmas: Tensor, eta: float,
+                  trained: list[int]) -> Trajectory:
+    """The recorded rollout of 5.1 for the samples ``draw.indices`` (global sample ``j`` is in group
+    ``j // group_size``): fresh per-sample noise on the trained steps, one noise per group on the others (common
+    random numbers, 5.3), so that within-group reward differences come from the trained steps."""
+    groups = [j // group_size for j in draw.indices]
+
+    def noise(i: int) -> Tensor:
+        if i in trained:
+            return draw.randn("step_noise", i)
+        return draw.streams.randn(("shared_noise", i, draw.step), groups, draw.shape, device=draw.device)
+
+    traj = Trajectory()
+    with torch.no_grad():
+        rollout(generator, draw.randn("x_init"), sigmas, eta, noise, cond, record=traj)
+    return traj
+
+
+def generator_terms(objective: objectives.Stage2Objective, generator, teacher, fake, decode, sigmas: Tensor,
+                    eta: float, trained: list[int], cond, traj: Trajectory, advantages: Tensor, texts, metadata,
+                    draw: Draw) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """The weighted per-sample terms of the stage-2 generator loss on one micro-batch, and their metrics."""
+    terms, metrics = {}, {}
+    if objective.policy is not None:
+        loss, m = objective.policy(generator, cond, traj, sigmas, eta, trained, advantages)
+        terms["policy"] = objective.policy_weight * loss
+        metrics.update(m)
+    if objective.dm is None and objective.bp is None:
+        return terms, metrics
+    # The last step with gradient (s_3 held fixed, 5.6) serves BP, and DM unless DM replays the whole rollout.
+    last_step = lambda: rollout(generator, traj.states[-2].detach(), sigmas[-2:], eta, None, cond)  # noqa: E731
+    x_final = last_step() if objective.bp is not None or not objective.dm_replay else None
+    if objective.dm is not None:
+        x_dm = rollout(generator, traj.states[0].detach(), sigmas, eta, lambda i: traj.noises[i], cond) \
+            if objective.dm_replay else x_final
+        loss, m = objective.dm(teacher, fake, cond, x_dm, 0.0, draw)
+        terms["dm"] = objective.dm_weight * loss
+        metrics.update(m)
+    if objective.bp is not None:
+        terms["bp"] = objective.bp_weight * objective.bp(decode(x_final), texts, metadata)
+    return terms, metrics
 
 
 def check_stage1(from_dir: Path, config: Config) -> tuple[Config, Path]:
@@ -41,172 +199,8 @@ def check_stage1(from_dir: Path, config: Config) -> tuple[Config, Path]:
     return stage1_config, checkpoint
 
 
-def load_stage1(checkpoint: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """The stage-1 result a stage-2 run starts from: its EMA generator and its fake score, in host memory (they
-    are copied into the model once, and otherwise only written to checkpoints)."""
+def load_stage1(checkpoint: Path) -> dict[str, dict[str, Tensor]]:
+    """The stage-1 result a stage-2 run starts from, its EMA generator and its fake score, in host memory (copied
+    into the model once, and otherwise only written to this run's checkpoints)."""
     tensors, _ = load_checkpoint(checkpoint, "cpu")
-    return {"stage1_generator": role_tensors(tensors, "ema"), "stage1_fake": role_tensors(tensors, "fake")}
-
-
-def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bool = False, evaluate=None) -> dict:
-    """Train stage 2 into ``run_dir`` from the stage-1 run ``from_dir``; returns the last logged metrics."""
-    cfg = config.align
-    stage1_config, stage1_checkpoint = check_stage1(Path(from_dir), config)
-    preflight.check_align(config, stage1_config)
-    dist, device = init_distributed(config.run.device, config.run.parallel)
-    total = cfg.samples_per_iteration
-    run_dir = Path(run_dir)
-    stage1 = load_stage1(stage1_checkpoint)
-    checkpoint = prepare_run_dir(run_dir, config, STAGE, resume, dist.is_main, {"from": str(Path(from_dir).resolve())})
-    parts = build_components(config, device)
-    backbone, rewards, prompts = parts.backbone, parts.rewards, parts.world.prompts("train")
-    sigmas = backbone.generator_sigmas(cfg.step_list)
-    n_stochastic = len(sigmas) - 2
-
-    # Start from the stage-1 result, folded into the model; fresh trainable tensors (5).
-    load_into(backbone.trainable("generator"), stage1["stage1_generator"], "stage-1 generator")
-    load_into(backbone.trainable("fake"), stage1["stage1_fake"], "stage-1 fake")
-    backbone.start_stage2()
-    distribute(backbone, TRAINED_ROLES, dist)  # replicated or sharded over the ranks
-    t = start_training(config, cfg, STAGE, "stage 2 (RTDMD)", ("reward", "reward/total"), run_dir, checkpoint, parts, dist,
-                       device, evaluate)
-    gen_params, fake_params, optimizers, ema, guard, book = (t.gen_params, t.fake_params, t.optimizers, t.ema,
-                                                             t.guard, t.book)
-    updates = int(t.saved.get("updates", 0))  # optimiser steps so far (the EMA runs every ema_every of them)
-    if checkpoint is None and evaluate is not None:  # the stage-1 result: the starting point of every curve
-        book.evaluate_ema(0)
-    if rewards.differentiable == [] and cfg.bp and dist.is_main:
-        print("rtdmd: note: no differentiable reward, so the final step gets no reward back-propagation")
-
-    streams = Streams(config.run.seed)
-    local = list(dist.shard(total))
-    cond_all = backbone.encode(list(prompts.texts))
-    fingerprint = stage_fingerprint(config, STAGE)
-    micro = cfg.micro_batch or len(local)
-
-    def save(step: int) -> None:
-        tensors = train_state.training_tensors(backbone, ema, optimizers, stage1)
-        train_state.write(run_dir, step, tensors, {"stage": STAGE, "fingerprint": fingerprint, "updates": updates,
-                                                   "skipped_steps": guard.skipped, "world_size": dist.world_size},
-                          dist.is_main)
-
-    book.save = save
-
-    with stop_on_signals() as stop:
-        for it in book.bar:
-            # Groups: prompts_per_iteration prompts, each K times; sample j belongs to group j // K.
-            order = torch.randperm(len(prompts), generator=streams.generator("groups", it)).tolist()
-            group_prompt = [order[g % len(order)] for g in range(cfg.prompts_per_iteration)]
-            prompt_of = [group_prompt[j // cfg.group_size] for j in local]
-            cond = {k: v[torch.as_tensor(prompt_of, device=v.device)] for k, v in cond_all.items()}
-            texts, meta = [prompts.texts[p] for p in prompt_of], [prompts.metadata[p] for p in prompt_of]
-            draw = steps.Draw(streams, it, local, tuple(backbone.sample_shape), device)
-            trained = grpo.choose_step_subset(n_stochastic, cfg.subset_size, streams.generator("subset", it))
-
-            traj = group_rollout(backbone, cond, draw, cfg.group_size, sigmas, cfg.eta, trained, cfg.log_prob)
-
-            # Rewards of the whole global batch.
-            scores = rewards.score(backbone.decode(traj.final), texts, meta)
-            global_scores = {name: dist.all_gather(s) for name, s in scores.items()}
-            metrics: dict = {f"reward/{n}": s.mean().item() for n, s in global_scores.items()}
-            metrics["reward/total"] = rewards.total(global_scores).mean().item()
-            metrics["trained_steps"] = "".join(map(str, trained))
-            if not guard.record("reward", guard.finite(torch.stack(list(global_scores.values())).sum(0))):
-                if book.end_of_iteration(it + 1, metrics, stop):
-                    break
-                continue
-
-            # Fake-score update on the final samples at s = 0 (5.7).
-            for r in range(cfg.fake_update_ratio):
-                loss, m = steps.fake_score_loss(backbone, cond, traj.final, 0.0, draw.fork(r), eta=cfg.eta,
-                                                weighting=cfg.fake_weighting, gamma=cfg.fake_consistency_gamma,
-                                                estimator="two_sample", delta_max=200, sigma_range=cfg.dm_sigma_range)
-                metrics.update(m)
-                if guard.backward(loss.mean(), "fake loss"):
-                    dist.sync_grads(fake_params.values())
-                    metrics["fake_grad_norm"] = clip_and_step(optimizers["fake"], fake_params, cfg.fake.grad_clip)
-                else:
-                    optimizers["fake"].zero_grad(set_to_none=True)
-
-            # Advantages over the global batch (5.4).
-            if cfg.advantages == "paper":
-                adv_all = grpo.advantages_paper(global_scores, rewards.weights, cfg.group_size, clip=cfg.advantage_clip)
-            else:
-                adv_all = grpo.advantages_exact(global_scores, rewards.weights, cfg.group_size, config.beta)
-            advantages = adv_all[torch.as_tensor(local)].to(device)
-            metrics["advantage_abs"] = adv_all.abs().mean().item()
-
-            # Generator update: per micro-batch, policy loss + final-step loss; one optimiser step (5.5-5.6, 5.8).
-            ok, parts_sum = True, {}
-            for begin in range(0, len(local), micro):
-                rows = slice(begin, begin + micro)
-                loss_parts, m = generator_losses(backbone, rewards, cfg, config.beta, sigmas, trained,
-                                              {k: v[rows] for k, v in cond.items()}, traj.rows(rows),
-                                              advantages[rows], texts[rows], meta[rows],
-                                              steps.Draw(streams, it, local[rows], tuple(backbone.sample_shape), device))
-                loss = sum(loss_parts.values())
-                if not guard.finite(loss):
-                    ok = False
-                    break
-                (loss.sum() / len(local)).backward()
-                share = len(range(*rows.indices(len(local)))) / len(local)
-                for name, value in [*((f"loss/{k}", v.sum().item() / len(local)) for k, v in loss_parts.items()),
-                                    *((k, v * share) for k, v in m.items())]:
-                    parts_sum[name] = parts_sum.get(name, 0.0) + value
-            if guard.record("generator loss", ok):
-                dist.sync_grads(gen_params.values())
-                metrics["generator_grad_norm"] = clip_and_step(optimizers["generator"], gen_params, cfg.generator.grad_clip)
-                updates += 1
-                if updates % cfg.ema_every == 0:
-                    ema.update(gen_params)
-                metrics.update(parts_sum)
-            else:
-                optimizers["generator"].zero_grad(set_to_none=True)
-            if book.end_of_iteration(it + 1, metrics, stop):
-                break
-    return book.finish(stop)
-
-
-def group_rollout(backbone, cond, draw: steps.Draw, group_size: int, sigmas, eta: float, trained, log_prob: str):
-    """The rollout of 5.1 for this rank's rows ``draw.indices`` (global sample j is in group j // K): fresh
-    per-sample noise on the trained steps, one noise per group on the others (common random numbers, 5.3)."""
-    groups = [j // group_size for j in draw.indices]
-
-    def noise(i: int) -> torch.Tensor:
-        if i in trained:
-            return draw.randn("step_noise", i)
-        return draw.streams.randn(("shared_noise", i, draw.step), groups, draw.shape, device=draw.device)
-
-    return steps.rl_rollout(backbone, cond, draw.randn("x_init"), sigmas, eta, noise, trained, log_prob)
-
-
-def generator_losses(backbone, rewards, cfg, beta: float, sigmas, trained, cond, traj: steps.Trajectory,
-                     advantages, texts, meta, draw: steps.Draw) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Per-sample terms of the stage-2 generator loss for one micro-batch, already weighted, and metrics."""
-    out, metrics = {}, {}
-    if cfg.policy:
-        loss, m = steps.policy_loss(backbone, cond, traj, sigmas, cfg.eta, trained, advantages,
-                                    log_prob=cfg.log_prob, clip_range=cfg.ppo_clip, reduction=cfg.policy_reduction)
-        out["policy"] = cfg.policy_weight * loss
-        metrics.update(m)
-    differentiable = rewards.differentiable
-    bp = cfg.bp and bool(differentiable)
-    if not (cfg.dm or bp):
-        return out, metrics
-    # The last step with gradient serves BP, and DM unless DM replays the whole rollout with gradient.
-    x_final = steps.final_step(backbone, cond, traj.states[-1], float(sigmas[-2])) \
-        if bp or cfg.dm_backprop != "full" else None
-    if cfg.dm:
-        x_dm = steps.replay_with_grad(backbone, cond, traj, sigmas, cfg.eta) if cfg.dm_backprop == "full" else x_final
-        if cfg.dm_loss == "dmd":
-            loss, m = steps.generator_dmd_loss(backbone, cond, x_dm, 0.0, draw, eta=cfg.eta, sigma_range=cfg.dm_sigma_range)
-        else:
-            loss, m = steps.score_dm_loss(backbone, cond, x_dm, draw, cfg.dm_sigma_range or (0.02, 0.98))
-        out["dm"] = cfg.dm_weight * loss
-        metrics.update(m)
-    if bp:
-        images = backbone.decode(x_final)
-        r = sum(e.weight * e.bp_scale * e.reward(images, texts, meta) for e in differentiable)
-        loss = reward_bp.reward_bp_loss_paper(r, cfg.bp_margin) if cfg.bp_loss == "hinge" else reward_bp.reward_bp_loss_exact(r, beta)
-        out["bp"] = cfg.bp_weight * loss
-    return out, metrics
+    return {"stage1_generator": unprefixed(tensors, "ema"), "stage1_fake": unprefixed(tensors, "fake")}

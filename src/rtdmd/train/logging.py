@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 
 def progress(iterable, desc: str, enabled: bool, **kwargs):
     """A tqdm bar; redirected to a file it refreshes every 30 s instead of many times a second."""
-    from tqdm.auto import tqdm
-
     interval = 0.1 if sys.stderr.isatty() else 30.0
     return tqdm(iterable, desc=desc, disable=not enabled, mininterval=interval, **kwargs)
 

@@ -26,7 +26,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
 
+from rtdmd.devices import resolve_device
 from rtdmd.errors import UserError
 
 
@@ -131,22 +135,6 @@ def env_world_size() -> int:
         raise UserError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer: launch with torchrun") from None
 
 
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``auto``: this rank's GPU if CUDA is available, else the CPU; ``cuda`` without an index: this rank's GPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"run.device {device!r} is not a torch device: use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"run.device is {device!r} but CUDA is not available here: use run.device=auto or cpu")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-    return dev
-
-
 def init_distributed(device: str = "auto", strategy: str = "ddp") -> tuple[Dist, torch.device]:
     """Join the process group that ``torchrun`` describes (if any) and pick this rank's device."""
     world_size = env_world_size()
@@ -194,14 +182,7 @@ def shard_backbone(backbone, roles: list[str], d: Dist) -> None:
     if units is None:
         raise UserError(f"run.parallel=fsdp: backbone kind {type(backbone).__name__} does not list its FSDP units "
                         f"(fsdp_units): use run.parallel=ddp")
-    try:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-    except ImportError:
-        raise UserError(f"run.parallel=fsdp needs FSDP2 (torch >= 2.6), this is torch {torch.__version__}: "
-                        f"upgrade torch or use run.parallel=ddp") from None
-    device_type = backbone.device.type if hasattr(backbone, "device") else "cpu"
-    mesh = init_device_mesh(device_type, (d.world_size,))
+    mesh = init_device_mesh(backbone.device.type, (d.world_size,))
     for module in units():
         fully_shard(module, mesh=mesh)
     unsharded = [f"{role}/{name}" for role in roles for name, p in backbone.trainable(role).items()
@@ -221,20 +202,12 @@ def reshard(backbone) -> None:
     units = getattr(backbone, "fsdp_units", None)
     if units is None:
         return
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:
-        return
     for module in units():
         if isinstance(module, FSDPModule):
             module.reshard()
 
 
 def is_sharded(t: Tensor) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch < 2.5: no DTensor, so nothing is sharded
-        return False
     return isinstance(t, DTensor)
 
 
@@ -249,7 +222,19 @@ def shard_like(value: Tensor, like: Tensor) -> Tensor:
     is an FSDP shard, else ``value`` on ``like``'s device and dtype."""
     value = value.to(device=like.device, dtype=like.dtype)
     if is_sharded(like):
-        from torch.distributed.tensor import distribute_tensor
-
         return distribute_tensor(value, like.device_mesh, like.placements)
     return value
+
+
+@torch.no_grad()
+def load_into(params: Mapping[str, torch.nn.Parameter], values: Mapping[str, Tensor], what: str) -> None:
+    """Copy full tensors ``values`` into ``params`` (into this rank's shards when they are FSDP shards)."""
+    missing = sorted(set(params) - set(values))
+    if missing:
+        raise UserError(f"checkpoint lacks {len(missing)} {what} tensors (e.g. {missing[0]}): it was written for "
+                        f"another backbone configuration")
+    for name, p in params.items():
+        if tuple(values[name].shape) != tuple(p.shape):
+            raise UserError(f"checkpoint tensor {what} {name} has shape {list(values[name].shape)}, the model's has "
+                            f"{list(p.shape)}: it was written for another backbone configuration")
+        p.copy_(shard_like(values[name], p))

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from rtdmd.config import Config
 from rtdmd.errors import ConfigError
-from rtdmd.train.parallel import env_world_size, resolve_device
+from rtdmd.devices import resolve_device
+from rtdmd.train.parallel import env_world_size
 
 
 def check_distill(config: Config, world_size: int | None = None) -> None:

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from rtdmd.configtools import check
+from rtdmd.config.strict import check
 from rtdmd.data.prompts import PromptSet, load_prompts
 
 
@@ -36,6 +36,8 @@ class PromptsWorldConfig:
 
 class PromptsWorld:
     """Prompt sets read once from files."""
+
+    teacher_path = None  # the backbone's own path names the teacher
 
     def __init__(self, cfg: PromptsWorldConfig):
         self.cfg = cfg

@@ -22,15 +22,19 @@ The world's contract with trainers and the demo:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 
-from rtdmd.configtools import check
+from rtdmd.config.strict import check
 from rtdmd.data.prompts import PromptSet, load_prompts
 from rtdmd.errors import UserError
+from rtdmd.worlds.shapes import oracle, stats, teacher
+from rtdmd.worlds.shapes.render import IMAGE_SIZE
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "shapes"
 SPLITS = ("train", "eval")
@@ -47,7 +51,6 @@ class ShapesWorldConfig:
     image_size: int = 32  # the renderer draws 32x32 (fixed by the grid geometry)
 
     def __post_init__(self):
-        from rtdmd.worlds.shapes.render import IMAGE_SIZE
 
         check(self.image_size == IMAGE_SIZE,
               f"image_size must be {IMAGE_SIZE} (the shapes world draws {IMAGE_SIZE}x{IMAGE_SIZE} images), "
@@ -60,7 +63,6 @@ class ShapesWorldConfig:
 
 class ShapesWorld:
     def __init__(self, cfg: ShapesWorldConfig):
-        from rtdmd.worlds.shapes import teacher
 
         self.cfg = cfg
         self.image_size = cfg.image_size
@@ -73,7 +75,6 @@ class ShapesWorld:
     @property
     def teacher_guidance(self) -> float | None:
         """The CFG scale measured best for the shipped teacher (None for a teacher without metrics)."""
-        import json
 
         metrics = self.teacher_path.parent / "teacher_metrics.json"
         if self.cfg.teacher or not metrics.is_file():
@@ -104,7 +105,6 @@ class ShapesWorld:
     def evaluate(self, samples, rewards, beta: float, seed: int = 0) -> dict:
         """``samples``: prompt -> decoded images ``(n, 3, H, W)`` in [0, 1]. ``beta`` and ``seed`` are unused
         (the oracle is exact and deterministic)."""
-        import torch
 
         texts, images = [], []
         for prompt, x in samples.items():
@@ -117,7 +117,6 @@ class ShapesWorld:
         if scores:
             scores = {**scores, "reward": rewards.total(scores)}
             summary.update({name: float(s.float().mean()) for name, s in scores.items()})
-        from rtdmd.worlds.shapes import oracle, stats
 
         verdicts = oracle.score(images.numpy(), metadata)
         per_prompt, start = {}, 0
@@ -132,7 +131,6 @@ class ShapesWorld:
     def metrics(self, images, prompt_set: PromptSet) -> dict[str, float]:
         """Metrics of ``images`` ``(N, 3, H, W)`` in [0, 1] (tensor or array), one per entry of ``prompt_set``
         (repeat a prompt for several seeds)."""
-        from rtdmd.worlds.shapes import oracle, stats
 
         x = _as_numpy(images)
         if len(x) != len(prompt_set):

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 PAD, UNK = 0, 1
@@ -115,7 +117,6 @@ MODELS = {"clip": ShapesCLIP, "pref": ShapesPref}
 
 
 def save(model: nn.Module, path: str | Path) -> None:
-    from safetensors.torch import save_file
 
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
     kind = next(k for k, cls in MODELS.items() if isinstance(model, cls))
@@ -124,8 +125,6 @@ def save(model: nn.Module, path: str | Path) -> None:
 
 def load(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
     """A reward net from its safetensors file (architecture from the file's metadata), frozen, in eval mode."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()

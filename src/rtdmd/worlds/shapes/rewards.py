@@ -22,6 +22,8 @@ from torch import Tensor
 
 from rtdmd.errors import UserError
 from rtdmd.worlds.shapes import ASSETS
+from rtdmd.worlds.shapes import nets, oracle
+from rtdmd.worlds.shapes.render import IMAGE_SIZE
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,6 @@ class ShapesOracleConfig:
 
 
 def _check_images(images: Tensor) -> None:
-    from rtdmd.worlds.shapes.render import IMAGE_SIZE
 
     if images.ndim != 4 or tuple(images.shape[1:]) != (3, IMAGE_SIZE, IMAGE_SIZE):
         raise UserError(f"shapes rewards score (B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}) images, got "
@@ -69,7 +70,6 @@ class OracleReward:
 
     def __call__(self, images: Tensor, prompts: Sequence[str],
                  metadata: Sequence[Mapping[str, Any]] | None = None) -> Tensor:
-        from rtdmd.worlds.shapes import oracle
 
         _check_images(images)
         if metadata is None or len(metadata) != len(images) or not all("include" in m for m in metadata):
@@ -80,7 +80,6 @@ class OracleReward:
 
 
 def _load(weights: str, default: str, device) -> torch.nn.Module:
-    from rtdmd.worlds.shapes import nets
 
     path = Path(weights) if weights else ASSETS / "rewards" / default
     if not path.is_file():

@@ -15,16 +15,10 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, get_args, get_origin
 
-from rtdmd.errors import ConfigError
+from rtdmd.errors import ConfigError, suggest
 
 KindResolver = Callable[[str, str], type]
 """``resolver(section, kind) -> config dataclass``; raises ConfigError for an unknown kind."""
-
-
-def suggest(name: str, options, prefix: str = "") -> str:
-    """`` (did you mean 'prefix.closest'?)``, or the list of valid options when none is close."""
-    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
-    return f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid: {', '.join(sorted(options))})"
 
 
 def _describe(tp) -> str:

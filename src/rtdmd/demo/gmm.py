@@ -11,9 +11,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from rtdmd.report.plots import curves  # noqa: E402
+from rtdmd.app.runs import load_run  # noqa: E402
+from rtdmd.app.world_metrics import evaluate_role, evaluate_samples, sample_role  # noqa: E402
+from rtdmd.demo import common as shared  # noqa: E402
+from rtdmd.demo.plots import curves  # noqa: E402
 
 
 def scatter_grid(columns: Mapping[str, Mapping[str, Tensor]], out: Path, max_points: int = 1500) -> Path:
@@ -55,12 +59,6 @@ QUICK = ("distill.iterations=300", "align.iterations=60", "backbone.fit_steps=50
 
 def demo(out: Path, config_name: str, overrides: list[str], quick: bool) -> dict:
     """Both stages on an analytic world, then every closed-form metric of teacher, stage 1 and stage 2."""
-    import torch
-
-    from rtdmd.report import demo as shared
-    from rtdmd.train.runs import load_run
-    from rtdmd.worlds.evaluate import evaluate_role, evaluate_samples, sample_role
-
     out = Path(out)
     config = shared.demo_config(config_name, overrides, QUICK, quick)
     shared.check_out_dir(out)

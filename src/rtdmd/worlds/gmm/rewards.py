@@ -1,4 +1,4 @@
-"""Closed-form rewards of vector worlds (the analytic Gaussian-mixture world).
+"""The analytic world's rewards: linear, quadratic and a half-space indicator on vectors.
 
 Each reward can say how it tilts a Gaussian mixture: ``tilt(mixture, beta)`` returns ``p0 exp(r / beta)`` as a
 mixture when a closed form exists, else None (the world then importance-resamples teacher samples).
@@ -8,13 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-from rtdmd.configtools import check
-from rtdmd.worlds.mixture import Mixture
+from rtdmd.config.strict import check
+from rtdmd.errors import ConfigError
+from rtdmd.worlds.gmm.mixture import Mixture
+
+
+@runtime_checkable
+class ClosedFormTilt(Protocol):
+    def tilt(self, mixture: Mixture, beta: float) -> Mixture | None:
+        """``mixture * exp(r / beta)`` as a mixture, or None when it has no closed form."""
 
 
 @dataclass(frozen=True)
@@ -87,10 +94,8 @@ class Region:
 
 
 def _check_dim(name: str, values: Sequence[float], world) -> None:
-    dim = getattr(world, "dim", None)
+    dim = getattr(world, "dim", None)  # a world that is not a vector world is refused by the backbone
     if dim is not None and len(values) != dim:
-        from rtdmd.errors import ConfigError
-
         raise ConfigError(f"reward {name} has {len(values)} entries but the world has dimension {dim}")
 
 

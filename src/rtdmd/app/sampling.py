@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from rtdmd.backbones.base import Backbone, Cond
-from rtdmd.functional.samplers import sample_cps
+from rtdmd.functional.samplers import rollout
 
 
 @torch.no_grad()
@@ -20,14 +20,11 @@ def sample(backbone: Backbone, role: str, cond: Cond, sigmas: Tensor, eta: float
     list of generators and the CPS scheduler does. Returns the final ``x`` (not decoded)."""
     x = backbone.noise(generators)
 
-    def velocity(x: Tensor, sigma: Tensor) -> Tensor:
-        return backbone.velocity(role, x, sigma, cond, guidance)
-
     def step_noise(_: int) -> Tensor:
         rows = [torch.randn(x.shape[1:], generator=g) for g in generators]
         return torch.stack(rows).to(device=x.device, dtype=x.dtype)
 
-    return sample_cps(velocity, x, sigmas.to(x.device), eta, step_noise)
+    return rollout(backbone.role(role, guidance), x, sigmas.to(x.device), eta, step_noise, cond)
 
 
 def seeded_generators(seeds: Sequence[int]) -> list[torch.Generator]:

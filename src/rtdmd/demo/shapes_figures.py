@@ -1,4 +1,4 @@
-"""Figures and the HTML page of the shapes world's demo (:mod:`rtdmd.report.shapes`); matplotlib, Agg backend.
+"""Figures and the HTML page of the shapes world's demo (:mod:`rtdmd.demo.shapes`); matplotlib, Agg backend.
 
 - ``samples.png``: rows = held-out prompts, columns = teacher / stage 1 / stage 2, the same seeds in every
   column; a green frame marks an image the oracle accepts, a red one an image it rejects.
@@ -18,9 +18,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rtdmd.report import demo as shared  # noqa: E402
-from rtdmd.report.plots import curves  # noqa: E402
+from rtdmd.config import dump_config  # noqa: E402
+from rtdmd.demo import common as shared  # noqa: E402
+from rtdmd.demo.plots import curves  # noqa: E402
 from rtdmd.train.logging import read_metrics  # noqa: E402
+from rtdmd.worlds.shapes import oracle  # noqa: E402
 from rtdmd.worlds.shapes.prompts import TAGS  # noqa: E402
 
 COLUMNS = {"stage1": "stage 1 (4 steps)", "stage2": "stage 2 (4 steps)"}
@@ -47,8 +49,6 @@ def framed_strip(images: np.ndarray, verdicts: np.ndarray, scale: int = 2, frame
 
 def sample_grid(samples: dict, metadata: dict, names: list[str], out: Path, per_cell: int = 4) -> Path:
     """Rows = prompts, columns = ``names`` (each ``{prompt: images}``), ``per_cell`` seeds per cell."""
-    from rtdmd.worlds.shapes import oracle
-
     prompts = list(samples[names[0]])
     cell = 0.8  # inches per image
     fig, axes = plt.subplots(len(prompts), len(names), figsize=(2.8 + len(names) * (per_cell * cell + 0.2),
@@ -175,8 +175,6 @@ def training_curves(out: Path, reference: dict) -> list[Path]:
 def write_report(out: Path, config, results: dict, samples: dict, metadata: dict, reference: str, summary: dict,
                  claims: dict, watch: dict) -> Path:
     """All figures and ``out/report.html``; ``metadata``: the held-out prompts' GenEval metadata by text."""
-    from rtdmd.config import dump_config
-
     out = Path(out)
     names = [n for n in results if n.startswith("teacher_")] + ["stage1", "stage2"]
     grid_names = [reference, "stage1", "stage2"]

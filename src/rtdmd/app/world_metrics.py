@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from rtdmd.sample import generate
+from rtdmd.app.sampling import generate
 
 
 def role_sampler(backbone, config, role: str, teacher_steps: int = 50, stage: str = "distill") -> tuple[Tensor, float]:

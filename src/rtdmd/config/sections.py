@@ -7,55 +7,20 @@
     beta:     tilt temperature of p~ ~ p_T exp(r / beta) (used by the exact weighting)
     distill:  stage 1, AC-DMD                 align: stage 2, RTDMD              run: seed, device, logging
 
-Load with :func:`load_config` (YAML file + ``key=value`` overrides). Unknown keys are rejected with the closest
-valid key; ``preset`` supplies defaults for the keys the user did not set (so ``--set preset=exact`` works).
+Loaded by :mod:`rtdmd.config.loading` (YAML file + ``key=value`` overrides): unknown keys are rejected with the
+closest valid key; ``preset`` (:mod:`rtdmd.config.presets`) supplies defaults for the keys the user did not set.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from rtdmd import configtools
-from rtdmd.configtools import Kinded, check
-from rtdmd.errors import ConfigError
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # The published recipe: three loss weights on z-scored advantages (no fixed beta corresponds to it).
-    "paper": {
-        "align.log_prob": "simplified",
-        "align.advantages": "paper",
-        "align.dm_loss": "dmd",
-        "align.dm_weight": 1e-3,
-        "align.bp_loss": "hinge",
-        "align.bp_weight": 1e-4,
-        "align.policy_reduction": "mean",
-        "align.fake_weighting": "min1_10s2",
-        "align.dm_backprop": "last_step",
-    },
-    # One explicit beta: raw rewards / beta, exact Gaussian log-probs, unbiased estimators and an unnormalised
-    # data-level DM term at small sigma, so that the fixed point is p~ (spec section 1).
-    "exact": {
-        "align.log_prob": "gaussian",
-        "align.advantages": "exact",
-        "align.dm_loss": "score",
-        "align.dm_weight": 1.0,
-        "align.bp_loss": "linear",
-        "align.bp_weight": 1.0,
-        "align.policy_reduction": "unbiased_sum",
-        "align.dm_sigma_range": [0.03, 0.15],
-        "align.fake_weighting": "uniform",
-        "align.dm_backprop": "full",
-    },
-}
-
+from rtdmd.config import strict
+from rtdmd.config.strict import Kinded, check
+from rtdmd.functional import dmd
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -86,9 +51,9 @@ class DistillConfig:
     fake_weighting: Literal["min1_10s2", "uniform"] = "min1_10s2"
     consistency_gamma: float | None = None  # default 0.01 for acdmd, 0 (off) for dmd
     consistency_estimator: Literal["two_sample", "one_sample"] = "two_sample"
-    consistency_delta_max: int = 200
-    renoise_offset: float = 10.0  # tau ~ U[1000 s + offset, 1000)
-    tau_clamp: tuple[float, float] = (20.0, 980.0)
+    consistency_delta_max: int = dmd.CONSISTENCY_DELTA_MAX
+    renoise_offset: float = dmd.RENOISE_OFFSET  # tau ~ U[1000 s + offset, 1000)
+    tau_clamp: tuple[float, float] = dmd.TAU_CLAMP
     generator: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-5))
     fake: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-5))
     ema_decay: float = 0.99  # per generator optimiser step
@@ -122,6 +87,9 @@ class AlignConfig:
     prompts_per_iteration: int = 3  # groups per iteration (global)
     group_size: int = 24  # K images per prompt
     micro_batch: int = 0  # samples per backward pass of the generator update (0: the whole local batch)
+    # Sampling rounds of prompts_per_iteration x group_size samples accumulated into one optimiser step; the
+    # advantages are normalised over all of them (spec 5.8: the published recipes take 16).
+    sampling_rounds: int = 1
     eta: float = 0.9
     step_list: tuple[int, ...] = (1000, 750, 500, 250)
     subset_size: int = 2  # SubGRPO: stochastic steps trained per iteration (= all of them: plain GRPO)
@@ -160,6 +128,7 @@ class AlignConfig:
         check(self.prompts_per_iteration >= 1, "prompts_per_iteration must be >= 1")
         check(self.group_size >= 2, f"group_size must be >= 2 (a group baseline needs 2 samples), got {self.group_size}")
         check(self.micro_batch >= 0, "micro_batch must be >= 0")
+        check(self.sampling_rounds >= 1, f"sampling_rounds must be >= 1, got {self.sampling_rounds}")
         check(0 < self.eta <= 1, f"eta must lie in (0, 1] (stage 2 needs stochastic steps), got {self.eta}")
         check(len(self.step_list) >= 2 and all(0 < s <= 1000 for s in self.step_list)
               and list(self.step_list) == sorted(set(self.step_list), reverse=True),
@@ -231,165 +200,5 @@ class Config:
 
     def fingerprint(self, *sections: str) -> str:
         """Hash of the named sections: a checkpoint is only compatible with the same world and backbone."""
-        payload = {s: configtools.to_dict(getattr(self, s)) for s in sections}
+        payload = {s: strict.to_dict(getattr(self, s)) for s in sections}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Loading
-
-def _resolver(section: str, kind: str) -> type:
-    from rtdmd import registry
-
-    return registry.config_class(section, kind)
-
-
-def _list_index(node: list, part: str, dotted: str) -> int:
-    try:
-        index = int(part)
-    except ValueError:
-        raise ConfigError(f"cannot set '{dotted}': '{part}' must be a list index (0 to {len(node) - 1})") from None
-    if not 0 <= index < len(node):
-        raise ConfigError(f"cannot set '{dotted}': index {index} is out of range (the list has {len(node)} entries)")
-    return index
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        if isinstance(node, list):
-            nxt = node[_list_index(node, part, dotted)]
-        else:
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = node[part] = {}
-        if not isinstance(nxt, (dict, list)):
-            raise ConfigError(f"cannot set '{dotted}': '{part}' is not a section")
-        node = nxt
-    if isinstance(node, list):
-        node[_list_index(node, parts[-1], dotted)] = value
-    else:
-        node[parts[-1]] = value
-
-
-def _has_dotted(tree: dict, dotted: str) -> bool:
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node or node[part] is None:
-            return False
-        node = node[part]
-    return True
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    """``"distill.iterations=300"`` -> ``("distill.iterations", 300)``; the value is parsed as YAML."""
-    if "=" not in item:
-        raise ConfigError(f"override '{item}' must look like key=value (e.g. distill.iterations=300)")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"override '{item}' has no key")
-    try:
-        return key, yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return key, raw
-
-
-def _normalise_rewards(raw: dict) -> None:
-    entries = raw.get("rewards")
-    if not isinstance(entries, list) or not entries:
-        raise ConfigError("'rewards' must be a non-empty list of {kind: ..., weight: ...}")
-    from rtdmd import registry
-
-    common = {f.name for f in dataclasses.fields(RewardEntry)} - {"params"}
-    normalised = []
-    for i, entry in enumerate(entries):
-        path = f"rewards[{i}]"
-        if not isinstance(entry, dict) or "kind" not in entry:
-            raise ConfigError(f"{path}: needs a 'kind' key (e.g. kind: linear)")
-        specific = {k: v for k, v in entry.items() if k not in common or k == "kind"}
-        params_cls = registry.config_class("reward", entry["kind"])
-        params = configtools.build(params_cls, specific, path, _resolver)
-        normalised.append({**{k: v for k, v in entry.items() if k in common},
-                           "name": entry.get("name") or entry["kind"], "params": params})
-    raw["rewards"] = normalised
-
-
-def resolve_rewards(entries: list[dict]) -> tuple[RewardEntry, ...]:
-    """Reward entries from a list of ``{kind: ..., weight: ..., ...}`` (checked like a config's ``rewards``)."""
-    raw = {"rewards": copy.deepcopy(entries)}
-    _normalise_rewards(raw)
-    out = []
-    for i, entry in enumerate(raw["rewards"]):
-        params = entry.pop("params")
-        out.append(dataclasses.replace(configtools.build(RewardEntry, entry, f"rewards[{i}]", _resolver), params=params))
-    return tuple(out)
-
-
-def resolve(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build a :class:`Config` from a raw dict plus ``key=value`` overrides, applying the preset's defaults."""
-    raw = copy.deepcopy(raw) if raw else {}
-    for item in overrides:
-        key, value = parse_override(item)
-        if key == "reward" or key.startswith("reward."):
-            key = "rewards.0" + key[len("reward"):]
-            if "reward" in raw:
-                raw["rewards"] = [raw.pop("reward")]
-        _set_dotted(raw, key, value)
-    preset = raw.get("preset", "paper")
-    if preset not in PRESETS:
-        raise ConfigError(f"preset: {preset!r} is not allowed{configtools.suggest(str(preset), PRESETS)}")
-    for key, value in PRESETS[preset].items():
-        if not _has_dotted(raw, key):
-            _set_dotted(raw, key, copy.deepcopy(value))
-    if "reward" in raw and "rewards" in raw:
-        raise ConfigError("give either 'reward' (one) or 'rewards' (a weighted list), not both")
-    if "reward" not in raw and "rewards" not in raw:
-        raise ConfigError("missing config key 'reward' (e.g. reward: {kind: linear, w: [0, 1]})")
-    entries = raw.pop("rewards", None) or [raw.pop("reward")]
-    if not isinstance(entries, list):
-        raise ConfigError("'rewards' must be a non-empty list of {kind: ..., weight: ...}")
-    # RewardEntry.params is a built dataclass: keep it out of the generic coercion of the other sections.
-    rewards = resolve_rewards(entries)
-    return dataclasses.replace(configtools.build(Config, {**raw, "rewards": []}, "", _resolver), rewards=rewards)
-
-
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config (a path, or the name of a shipped config such as ``gmm/default``)."""
-    file = find_config(path)
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {file} is not valid UTF-8") from None
-    except OSError as err:
-        raise ConfigError(f"config file {file} cannot be read: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {file}{where} is not valid YAML: {getattr(err, 'problem', err)}") from None
-    if raw is not None and not isinstance(raw, dict):
-        raise ConfigError(f"config file {file} must hold a mapping of sections (world, backbone, reward, ...)")
-    return resolve(raw or {}, overrides)
-
-
-SHIPPED_CONFIGS = Path(__file__).parent / "configs"
-
-
-def find_config(path: str | Path) -> Path:
-    file = Path(path)
-    if file.is_file():
-        return file
-    for candidate in (SHIPPED_CONFIGS / f"{path}.yaml", SHIPPED_CONFIGS / str(path)):
-        if candidate.is_file():
-            return candidate
-    shipped = sorted(str(p.relative_to(SHIPPED_CONFIGS).with_suffix("")) for p in SHIPPED_CONFIGS.rglob("*.yaml"))
-    raise ConfigError(f"config '{path}' not found: give a YAML file path or a shipped config ({', '.join(shipped)})")
-
-
-def dump_config(config: Config) -> str:
-    """YAML text of the resolved config; :func:`resolve` of its parse gives the same config back."""
-    data = configtools.to_dict(config)
-    data["rewards"] = [{**{k: v for k, v in r.items() if k != "params"}, **{
-        k: v for k, v in r["params"].items()}} for r in data["rewards"]]
-    return yaml.safe_dump(data, sort_keys=False)

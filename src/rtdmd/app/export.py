@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from rtdmd.errors import UserError
+from rtdmd.scheduler import CPSScheduler
 from rtdmd.functional.schedules import DENOISING_STEP_LIST
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -38,8 +39,6 @@ def _require_diffusers_backbone(backbone) -> None:
 
 def cps_scheduler(backbone, eta: float = 0.9, step_list: Sequence[int] = DENOISING_STEP_LIST):
     """The CPS scheduler that samples ``backbone``'s generator levels with ``eta``."""
-    from rtdmd.scheduler import CPSScheduler
-
     return CPSScheduler(denoising_step_list=tuple(int(s) for s in step_list), eta=float(eta),
                         **backbone.cps_scheduler_config())
 

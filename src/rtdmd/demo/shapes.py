@@ -7,7 +7,7 @@
 3. Teacher, stage-1 and stage-2 generators on the same held-out prompts and seeds: oracle accuracy per tag
    (standard errors over seeds), the training rewards, image statistics, diversity, and the speed of 4-step
    generation against the teacher's 50 steps with CFG on identical batches.
-4. ``report.html``, its PNG figures (:mod:`rtdmd.report.shapes_figures`) and ``metrics.json`` in ``out``.
+4. ``report.html``, its PNG figures (:mod:`rtdmd.demo.shapes_figures`) and ``metrics.json`` in ``out``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,15 @@ import statistics
 import time
 from pathlib import Path
 
-from rtdmd.report import demo as shared
-from rtdmd.worlds.evaluate import per_seed, sample_timed, standard_error
+from rtdmd import registry
+from rtdmd.app.runs import load_run
+from rtdmd.app.watch import RewardHackingWatch
+from rtdmd.app.world_metrics import per_seed, sample_timed, standard_error
+from rtdmd.demo import common as shared
+from rtdmd.demo import shapes_figures as figures
+from rtdmd.rewards.base import RewardSet, WeightedReward
+from rtdmd.train.components import build_components
+from rtdmd.train.parallel import init_distributed
 
 QUICK = ("distill.iterations=20", "align.iterations=4", "run.eval_every=2", "run.eval_samples=2")
 EVAL_SEED = 1234  # first seed of every held-out evaluation (teacher, both generators, the watch)
@@ -34,9 +41,6 @@ _monitors: dict = {}
 def with_monitors(rewards, world, device):
     """The training rewards plus each :data:`MONITORED` reward the config does not train on, at weight 0 (so the
     weighted total is still the training reward). Monitors are built once per process."""
-    from rtdmd import registry
-    from rtdmd.rewards.base import RewardSet, WeightedReward
-
     extra = []
     for kind in MONITORED:
         if kind in rewards.weights:
@@ -113,11 +117,6 @@ def claims(teacher: dict, stage2: dict, gains: dict, reward_names: list[str], sp
 
 def demo(out: Path, config_name: str, overrides: list[str], quick: bool, *,
          teacher_steps: tuple[int, ...] = TEACHER_STEPS) -> dict:
-    from rtdmd.report import shapes_figures as figures
-    from rtdmd.train.parallel import init_distributed
-    from rtdmd.train.runs import build_components, load_run
-    from rtdmd.worlds.watch import RewardHackingWatch
-
     start, load_start = time.perf_counter(), os.getloadavg()[0]
     out = Path(out)
     config = shared.demo_config(config_name, overrides, QUICK, quick)

@@ -19,12 +19,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from rtdmd.configtools import check
+from rtdmd.config.strict import check
 from rtdmd.data.prompts import PromptSet
 from rtdmd.errors import UserError
-from rtdmd.functional.samplers import sample_cps
+from rtdmd.functional.samplers import rollout
 from rtdmd.functional.schedules import uniform_sigmas
-from rtdmd.worlds.mixture import Mixture, energy_distance
+from rtdmd.rewards.base import RewardSet
+from rtdmd.worlds.gmm.mixture import Mixture, energy_distance
+from rtdmd.worlds.gmm.rewards import ClosedFormTilt
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,10 @@ class GMMWorldConfig:
 
 
 class GMMWorld:
-    """Prompts, exact teacher velocity (with CFG), exact targets and metrics of a Gaussian-mixture world."""
+    """Prompts, exact teacher velocity (with CFG), exact targets and metrics of a Gaussian-mixture world (an
+    :class:`~rtdmd.worlds.base.AnalyticWorld`)."""
+
+    teacher_path = None  # the teacher is the exact velocity below
 
     def __init__(self, cfg: GMMWorldConfig):
         self.cfg = cfg
@@ -106,22 +111,28 @@ class GMMWorld:
             v = v_uncond + g * (v - v_uncond)
         return v
 
+    def sample_data(self, prompt: int, n: int, generator: torch.Generator) -> Tensor:
+        """Exact samples of the prompt's (unguided) mixture."""
+        return self.prompt_mixtures[prompt].sample(n, generator)[0]
+
     def sample_teacher(self, prompt: int, n: int, generator: torch.Generator) -> Tensor:
         """Exact teacher samples: the prompt's mixture at guidance 1, else its ODE with the exact velocity."""
         if self.guidance == 1:
-            return self.prompt_mixtures[prompt].sample(n, generator)[0]
+            return self.sample_data(prompt, n, generator)
         x = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         ids = torch.full((n,), prompt, dtype=torch.long)
-        return sample_cps(lambda x, s: self.teacher_velocity(x, s, ids), x, uniform_sigmas(self.cfg.teacher_steps).double(), 0.0)
+        return rollout(lambda x, s, _: self.teacher_velocity(x, s, ids), x,
+                       uniform_sigmas(self.cfg.teacher_steps).double(), 0.0)
 
     # -- the tilted target p~ ~ p_T exp(r / beta) ----------------------------------------------------------
-    def tilted_mixture(self, prompt: int, rewards, beta: float) -> Mixture | None:
+    def tilted_mixture(self, prompt: int, rewards: RewardSet, beta: float) -> Mixture | None:
         """Closed form of p~ for one prompt, when it exists (guidance 1 and a single reward with a tilt)."""
         if self.guidance != 1 or len(rewards.entries) != 1:
             return None
         entry = rewards.entries[0]
-        tilt = getattr(entry.reward, "tilt", None)
-        return tilt(self.prompt_mixtures[prompt], beta / entry.weight) if tilt is not None else None
+        if not isinstance(entry.reward, ClosedFormTilt):
+            return None
+        return entry.reward.tilt(self.prompt_mixtures[prompt], beta / entry.weight)
 
     def sample_tilted(self, prompt: int, n: int, rewards, beta: float, generator: torch.Generator) -> Tensor:
         mixture = self.tilted_mixture(prompt, rewards, beta)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 from rtdmd.data.prompts import PromptSet
@@ -72,8 +73,6 @@ def quantise(images: Tensor) -> Tensor:
 
 
 def save_png(image: Tensor, file: Path) -> None:
-    from PIL import Image
-
     pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     Image.fromarray(pixels, "RGB").save(file)
 

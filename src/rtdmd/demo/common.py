@@ -2,8 +2,8 @@
 stages with their evaluation hooks and timings, ``metrics.json``, and a self-contained HTML page.
 
 A world's demo is a function ``demo(out, config_name, overrides, quick) -> summary`` registered under the
-world's kind in the ``demo`` section of :mod:`rtdmd.registry` (:mod:`rtdmd.report.gmm`,
-:mod:`rtdmd.report.shapes`); it calls these helpers and adds its own evaluation, figures and claims.
+world's kind in the ``demo`` section of :mod:`rtdmd.registry` (:mod:`rtdmd.demo.gmm`,
+:mod:`rtdmd.demo.shapes`); it calls these helpers and adds its own evaluation, figures and claims.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rtdmd.config import Config, load_config
 from rtdmd.errors import UserError
+from rtdmd.train import align, distill
 
 
 def demo_config(config_name: str, overrides: Sequence[str], quick_overrides: Sequence[str], quick: bool) -> Config:
@@ -41,8 +42,6 @@ def train_stages(config: Config, out: Path, *, evaluate_stage1: Callable | None 
     """Stage 1 into ``out/stage1``, then stage 2 from it into ``out/stage2``, each with its evaluation hook
     (``evaluate(parts, step) -> dict``, called with the EMA generator every ``run.eval_every`` steps; stage 1 may
     use its own cadence ``stage1_eval_every``). Returns the wall seconds of each stage."""
-    from rtdmd.train import align, distill
-
     stage1_config = config if stage1_eval_every is None else with_eval_every(config, stage1_eval_every)
     timings = {}
     t0 = time.perf_counter()

@@ -1,1 +1,0 @@
-"""Reports of finished runs: plots and tables (matplotlib with the Agg backend, no display needed)."""

@@ -43,8 +43,12 @@ def sd3_folder(folder: Path, size: Size) -> Path:
         return folder
     if size.name == "tiny":
         return tiny_pipelines.sd3_pipeline(folder)
-    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
-                           StableDiffusion3Pipeline)
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     width = size.heads * size.head_dim

@@ -139,9 +139,9 @@ def measure_run(config, root: Path) -> dict[str, Held]:
     """Train stage 1 for ``config.distill.iterations`` and stage 2 for ``config.align.iterations``, capturing
     the objects each loop builds (backbone, optimisers, EMA, stage-1 tensors), then count what they hold."""
     from rtdmd.train import align, distill, loop  # noqa: F401  (loaded, so that their names get patched)
+    from rtdmd.train.components import build_components
     from rtdmd.train.ema import EMA
     from rtdmd.train.optim import build_optimizer
-    from rtdmd.train.components import build_components
 
     captured: dict = {"stage1": []}
 

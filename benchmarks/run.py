@@ -22,6 +22,7 @@ import torch
 from benchmarks import machine, sections, timing
 from benchmarks.report import Report, table
 
+
 def quiet() -> None:
     """No progress bars or tokenizer warnings from the libraries in the benchmark's output."""
     import diffusers

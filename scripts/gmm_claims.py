@@ -14,11 +14,11 @@ import json
 import time
 from pathlib import Path
 
+from rtdmd.app.runs import load_run
+from rtdmd.app.world_metrics import evaluate_role
 from rtdmd.config import load_config
 from rtdmd.train import align, distill
 from rtdmd.train.logging import read_metrics
-from rtdmd.app.runs import load_run
-from rtdmd.app.world_metrics import evaluate_role
 
 WORLDS = ["gmm/default", "gmm/unequal", "gmm/ring3d"]
 # Stage-2 variants: (name, world, overrides). All use the exact preset of the world configs.

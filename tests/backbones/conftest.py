@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.backbones import tiny_pipelines as tiny
-
 CPU = torch.device("cpu")
 PROMPTS = ["a red cube", "two blue balls left of a tree"]
 HW = 16  # image side of every tiny pipeline
@@ -25,19 +23,6 @@ FAMILIES = {
                     {"max_sequence_length": 64, "teacher_guidance": 4.0, "hidden_layers": (1, 2)},
                     {"max_sequence_length": 64, "text_encoder_out_layers": (1, 2)}),
 }
-
-
-@pytest.fixture(scope="session")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_pipelines")
-    return {
-        "sd3": tiny.sd3_pipeline(root / "sd3"),
-        "sd3_pixel": tiny.sd3_pipeline(root / "sd3_pixel", pixel_space=True, with_t5=False),
-        "flux1_dev": tiny.flux1_pipeline(root / "flux1_dev", guidance_embeds=True),
-        "flux1_cfg": tiny.flux1_pipeline(root / "flux1_cfg", guidance_embeds=False),
-        "flux2_klein": tiny.flux2_klein_pipeline(root / "flux2_klein"),
-        "flux2_klein_distilled": tiny.flux2_klein_pipeline(root / "flux2_klein_distilled", is_distilled=True, seed=7),
-    }
 
 
 def config(family: str, folder, **overrides):

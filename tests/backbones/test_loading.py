@@ -1,6 +1,7 @@
 """Loading and validation: every user mistake is a one-line error that says what to do."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -73,3 +74,12 @@ def test_sample_shapes_and_generator_levels(folders):
     mu = 0.5 + (1.15 - 0.5) * (16 - 256) / (4096 - 256)
     torch.testing.assert_close(flux.generator_sigmas((1000, 750, 500, 250)),
                                generator_sigmas((1000, 750, 500, 250), mu=mu))
+
+
+def test_damaged_weights_are_one_line(folders, tmp_path):
+    folder = tmp_path / "sd3"
+    shutil.copytree(folders["sd3"], folder)
+    (folder / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match=r"cannot load the model in .*sd3: .*download or copy the folder again") as err:
+        build("sd3", folder)
+    assert "\n" not in str(err.value)

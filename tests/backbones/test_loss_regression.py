@@ -1,11 +1,13 @@
 """Stored-loss regression of both stages on a tiny SD3 pipeline with LoRA roles (tests/regression.py)."""
 
-import torch
+import pytest
 
 from rtdmd.cli import main
 from tests import regression
 from tests.backbones.image_reward import registered
 from tests.backbones.test_stages import write_config
+
+pytestmark = pytest.mark.integration
 
 
 def test_both_stages_log_the_stored_losses(folders, tmp_path):

@@ -11,12 +11,14 @@ import yaml
 from PIL import Image
 
 import rtdmd.scheduler
+from rtdmd.app.sampling import seeded_generators
 from rtdmd.backbones.loading import load_pipeline
 from rtdmd.cli import main
-from rtdmd.app.sampling import seeded_generators
 from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint
 from tests.backbones.conftest import CPU, FAMILIES, HW
 from tests.backbones.image_reward import registered
+
+pytestmark = pytest.mark.integration
 
 TRAIN_PROMPTS = ["a red cube", "a blue ball", "a green tree"]
 STAGE_FAMILIES = ["sd3", "sd3_pixel", "flux1_dev", "flux2_klein"]

@@ -80,8 +80,12 @@ def _save(pipe, folder: Path) -> Path:
 def sd3_pipeline(folder: Path, *, pixel_space: bool = False, with_t5: bool = True, shift: float = 3.0) -> Path:
     """SD3-style pipeline: two CLIP encoders with projection + T5, latent VAE (16 x /2 here) or pixel space
     (``vae`` and ``text_encoder_3`` null, as the embedded world ships)."""
-    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
-                           StableDiffusion3Pipeline)
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
 
     channels = 3 if pixel_space else 4
     torch.manual_seed(0)
@@ -134,8 +138,12 @@ def flux1_pipeline(folder: Path, *, guidance_embeds: bool = True) -> Path:
 def flux2_klein_pipeline(folder: Path, *, is_distilled: bool = False, seed: int = 0) -> Path:
     """FLUX.2-klein-style pipeline: Qwen3 causal LM with a chat template (2 layers, both stacked), the Flux2
     VAE with non-trivial batch-norm statistics, patchified 2x2 latents."""
-    from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline,
-                           Flux2Transformer2DModel)
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(seed)

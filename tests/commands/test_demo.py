@@ -1,12 +1,15 @@
 """``rtdmd demo`` through the CLI: world selection, its one-line user errors, and the analytic world's demo end to
-end at CI size (the shapes world's demo is tested at CI size in tests/report/test_demo.py)."""
+end at CI size (the shapes world's demo is tested at CI size in tests/demo/test_shapes.py)."""
 
 import json
 
+import pytest
 import yaml
 
 from rtdmd.cli import main
 from tests.tiny import TINY
+
+pytestmark = pytest.mark.integration
 
 
 def test_analytic_world_demo_through_the_cli(tmp_path):

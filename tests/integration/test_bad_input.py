@@ -16,6 +16,8 @@ from rtdmd.cli import main
 from tests.tiny import TINY
 from tests.train.multiprocess import REPO, child_env
 
+pytestmark = [pytest.mark.integration, pytest.mark.multiprocess]
+
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):

@@ -11,6 +11,8 @@ import yaml
 from rtdmd.cli import main
 from tests.tiny import TINY
 
+pytestmark = [pytest.mark.integration, pytest.mark.multiprocess]
+
 
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory):

@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+
 from rtdmd.cli import main
+
+pytestmark = pytest.mark.integration
 
 
 def test_teacher_evaluation_writes_images_scores_and_protocol(tmp_path):

@@ -75,17 +75,6 @@ def test_judge_geneval_rules():
     assert not comp.judge(color, [det("ball", (0, 0, 1, 1), 0.9, "red"), det("ball", (5, 5, 6, 6), 0.5, "green")]).correct
 
 
-def test_tag_accuracy_is_mean_of_tag_means_and_resumes():
-    acc = comp.TagAccuracy()
-    acc.update(["colors", "colors", "position", None], [True, False, True, True])
-    result = acc.result()
-    assert result["per_tag"] == {"colors": 0.5, "position": 1.0, "untagged": 1.0}
-    assert result["overall"] == pytest.approx(2.5 / 3)
-    again = comp.TagAccuracy()
-    again.load_state_dict(acc.state_dict())
-    assert again.result() == result
-
-
 def test_reward_on_drawn_images_with_pixel_oracle():
     images = torch.stack([
         toys.draw(32, [("dog", 2, 10, 6), ("cat", 20, 10, 6)]),  # cat right of dog: correct

@@ -22,6 +22,8 @@ from rtdmd.rewards.compositional import CompositionalReward
 from tests.rewards import toys
 from tests.rewards.test_compositional import COUNTING, POSITION
 
+pytestmark = pytest.mark.multiprocess
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -22,6 +22,8 @@ from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint
 from tests.train.dist_worker import train
 from tests.train.multiprocess import Job
 
+pytestmark = [pytest.mark.integration, pytest.mark.multiprocess]
+
 ATOL, RTOL = 1e-6, 1e-5
 STRATEGIES = ("ddp", "fsdp")
 STAGES = ("s1", "s2")

@@ -6,6 +6,8 @@ from rtdmd.train import align, distill
 from tests import regression
 from tests.tiny import tiny_config
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.mark.parametrize("preset", ["paper", "exact"])
 def test_both_stages_log_the_stored_losses(tmp_path, preset):

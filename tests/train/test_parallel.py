@@ -5,8 +5,8 @@ import signal
 import pytest
 import torch
 
-from rtdmd.errors import UserError
 from rtdmd.devices import resolve_device
+from rtdmd.errors import UserError
 from rtdmd.train.parallel import Dist, env_world_size, shard_backbone
 from rtdmd.train.signals import StopRequest, exit_code
 

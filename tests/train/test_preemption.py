@@ -26,6 +26,8 @@ from rtdmd.train.checkpoint import CRASH_HOOK, LATEST, latest_checkpoint, load_c
 from tests.tiny import TINY, tiny_config
 from tests.train.multiprocess import REPO, child_env
 
+pytestmark = [pytest.mark.integration, pytest.mark.multiprocess]
+
 
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory):

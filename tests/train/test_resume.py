@@ -1,10 +1,13 @@
 """Exact resume: N steps uninterrupted equal k steps + resume + (N - k) steps, bit for bit."""
 
+import pytest
 import torch
 
 from rtdmd.train import align, distill
 from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint
 from tests.tiny import tiny_config
+
+pytestmark = pytest.mark.integration
 
 
 def final_tensors(run_dir):

@@ -99,8 +99,8 @@ def test_teacher_draws_single_coloured_objects(pipe):
 def test_sd3_backbone_loads_the_teacher_and_matches_the_pipeline(pipe):
     """The world's teacher through rtdmd's SD3 backbone (the code that loads real SD3): same images as the
     stock pipeline for the same seeds, 32x32 pixel samples, the unshifted 4-step generator grid."""
-    from rtdmd.backbones.sd3 import SD3Config, build
     from rtdmd.app.sampling import sample, seeded_generators
+    from rtdmd.backbones.sd3 import SD3Config, build
 
     cfg = SD3Config(path=str(FOLDER), teacher_guidance=4.5, height=32, width=32,
                     max_sequence_length=teacher.MAX_SEQUENCE_LENGTH)

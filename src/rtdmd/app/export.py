@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from rtdmd.errors import UserError
-from rtdmd.scheduler import CPSScheduler
 from rtdmd.functional.schedules import DENOISING_STEP_LIST
+from rtdmd.scheduler import CPSScheduler
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 

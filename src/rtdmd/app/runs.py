@@ -11,10 +11,10 @@ import torch
 from torch import Tensor
 
 from rtdmd.config import Config
+from rtdmd.devices import resolve_device
 from rtdmd.errors import UserError
 from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint
 from rtdmd.train.components import Components, build_components
-from rtdmd.devices import resolve_device
 from rtdmd.train.parallel import load_into
 from rtdmd.train.rundir import read_run_config
 from rtdmd.train.state import unprefixed

@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rtdmd.backbones.base import Cond, Velocity
-from rtdmd.errors import ConfigError
 from rtdmd.config.strict import check
+from rtdmd.errors import ConfigError
 from rtdmd.functional.flow import interpolate
 from rtdmd.functional.schedules import generator_sigmas, uniform_sigmas
 from rtdmd.rng import Streams

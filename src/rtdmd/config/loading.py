@@ -17,6 +17,7 @@ from rtdmd.config.presets import PRESETS
 from rtdmd.config.sections import Config, RewardEntry
 from rtdmd.errors import ConfigError, suggest
 
+
 def _resolver(section: str, kind: str) -> type:
     return registry.config_class(section, kind)
 

@@ -22,6 +22,7 @@ from rtdmd.config import strict
 from rtdmd.config.strict import Kinded, check
 from rtdmd.functional import dmd
 
+
 @dataclass(frozen=True)
 class OptimConfig:
     """AdamW and gradient clipping of one trained role."""

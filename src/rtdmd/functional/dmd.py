@@ -12,7 +12,6 @@ from torch import Tensor
 from rtdmd.functional.flow import expand_like, level
 from rtdmd.functional.samplers import cps_step
 
-
 # Renoising of a level-s sample (spec 4.2): tau ~ U[1000 s + RENOISE_OFFSET, TAU_TOP), clamped to TAU_CLAMP.
 RENOISE_OFFSET = 10.0
 TAU_CLAMP = (20.0, 980.0)

@@ -67,11 +67,6 @@ def cps_step(x: Tensor, v: Tensor, sigma: Tensor | float, sigma_next: Tensor | f
     return cps_transition(x, v, sigma, sigma_next, eta, noise)[0]
 
 
-def euler_step(x: Tensor, v: Tensor, sigma: Tensor | float, sigma_next: Tensor | float) -> Tensor:
-    """The ODE's Euler step ``x + (sigma_next - sigma) * v``."""
-    return (x + (expand_like(sigma_next, x) - expand_like(sigma, x)) * v).to(x.dtype)
-
-
 @dataclass
 class Trajectory:
     """What a recorded :func:`rollout` saw: ``states[i]`` is the input of step ``i`` (``states[-1]`` the result),

@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from rtdmd.devices import torch_dtype
 from rtdmd.config.strict import check
+from rtdmd.devices import torch_dtype
 from rtdmd.errors import UserError
 from rtdmd.rewards import clip_common as cc
 from rtdmd.rewards import clipscore

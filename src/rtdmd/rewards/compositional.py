@@ -197,31 +197,6 @@ def judge(spec: CompositionSpec, detections: Sequence[Detection]) -> Verdict:
     return Verdict(not reasons, satisfied, spec.num_requirements, tuple(reasons))
 
 
-class TagAccuracy:
-    """Per-tag accuracy bookkeeping; ``overall`` is the mean of the per-tag accuracies (GenEval's score)."""
-
-    def __init__(self):
-        self.correct: dict[str, int] = {}
-        self.total: dict[str, int] = {}
-
-    def update(self, tags: Sequence[str | None], correct: Sequence[bool] | Tensor) -> None:
-        for tag, ok in zip(tags, [bool(c) for c in correct]):
-            tag = tag or "untagged"
-            self.total[tag] = self.total.get(tag, 0) + 1
-            self.correct[tag] = self.correct.get(tag, 0) + int(ok)
-
-    def result(self) -> dict[str, Any]:
-        per_tag = {t: self.correct[t] / self.total[t] for t in sorted(self.total)}
-        overall = sum(per_tag.values()) / len(per_tag) if per_tag else float("nan")
-        return {"per_tag": per_tag, "counts": dict(sorted(self.total.items())), "overall": overall}
-
-    def state_dict(self) -> dict[str, dict[str, int]]:
-        return {"correct": dict(self.correct), "total": dict(self.total)}
-
-    def load_state_dict(self, state: Mapping[str, Mapping[str, int]]) -> None:
-        self.correct, self.total = dict(state["correct"]), dict(state["total"])
-
-
 class CompositionalReward:
     """A :class:`~rtdmd.rewards.base.Reward` from a :class:`Detector` and the prompts' metadata."""
 

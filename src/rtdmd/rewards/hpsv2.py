@@ -59,8 +59,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from rtdmd.devices import torch_dtype
 from rtdmd.config.strict import check
+from rtdmd.devices import torch_dtype
 from rtdmd.errors import UserError
 from rtdmd.rewards import clip_common as cc
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from rtdmd.devices import torch_dtype
 from rtdmd.config.strict import check
+from rtdmd.devices import torch_dtype
 from rtdmd.rewards import clip_common as cc
 
 MODEL_REPO = "yuvalkirstain/PickScore_v1"

@@ -26,7 +26,6 @@ from rtdmd.errors import UserError
 from rtdmd.rewards.wire import PROTOCOL, encode_images
 
 
-
 @dataclass(frozen=True)
 class RemoteConfig:
     kind: Literal["remote"] = "remote"

@@ -17,7 +17,6 @@ from rtdmd import __version__
 from rtdmd.rewards.wire import ENCODINGS, PROTOCOL, decode_images
 
 
-
 class RewardServer(ThreadingHTTPServer):
     daemon_threads = True
 

@@ -16,17 +16,14 @@ from torch import Tensor
 
 from rtdmd.backbones.base import Velocity
 from rtdmd.config import Config
-from rtdmd.errors import UserError
 from rtdmd.functional import grpo
 from rtdmd.functional.samplers import Trajectory, rollout
 from rtdmd.rng import Draw, Streams
 from rtdmd.train import objectives, preflight
-from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint
 from rtdmd.train.parallel import load_into
-from rtdmd.train.rundir import read_run_config
+from rtdmd.train.rundir import check_stage1, load_stage1
 from rtdmd.train.session import Evaluate, Session, every
 from rtdmd.train.signals import stop_on_signals
-from rtdmd.train.state import unprefixed
 
 STAGE = "align"
 
@@ -183,24 +180,3 @@ def generator_terms(objective: objectives.Stage2Objective, generator, teacher, f
     if objective.bp is not None:
         terms["bp"] = objective.bp_weight * objective.bp(decode(x_final), texts, metadata)
     return terms, metrics
-
-
-def check_stage1(from_dir: Path, config: Config) -> tuple[Config, Path]:
-    """The config and the checkpoint of the stage-1 run a stage-2 run starts from (no tensors loaded)."""
-    stage1_config, info = read_run_config(from_dir)
-    if info.get("stage") != "distill":
-        raise UserError(f"--from {from_dir} is a stage-2 run: pass the run directory of 'rtdmd distill'")
-    if stage1_config.fingerprint("world", "backbone") != config.fingerprint("world", "backbone"):
-        raise UserError(f"--from {from_dir} was trained with another world or backbone: use the same world and "
-                        f"backbone sections as its config.yaml")
-    checkpoint = latest_checkpoint(Path(from_dir) / "checkpoints")
-    if checkpoint is None:
-        raise UserError(f"--from {from_dir} holds no complete checkpoint")
-    return stage1_config, checkpoint
-
-
-def load_stage1(checkpoint: Path) -> dict[str, dict[str, Tensor]]:
-    """The stage-1 result a stage-2 run starts from, its EMA generator and its fake score, in host memory (copied
-    into the model once, and otherwise only written to this run's checkpoints)."""
-    tensors, _ = load_checkpoint(checkpoint, "cpu")
-    return {"stage1_generator": unprefixed(tensors, "ema"), "stage1_fake": unprefixed(tensors, "fake")}

@@ -35,16 +35,6 @@ class NonFiniteGuard:
             self.consecutive[what] = self.consecutive.get(what, 0) + 1
         return ok
 
-    def skip(self, what: str = "update") -> None:
-        self.record(what, False)
-
-    def backward(self, loss: Tensor, what: str = "loss") -> bool:
-        """Back-propagate ``loss`` if it is finite on every rank; otherwise count a skipped update."""
-        if not self.record(what, self.finite(loss)):
-            return False
-        loss.backward()
-        return True
-
     def check(self, save: Callable[[], None]) -> None:
         """After ``patience`` consecutive skips of one update: write a checkpoint and stop with a clear message."""
         what, count = max(self.consecutive.items(), key=lambda item: item[1], default=("update", 0))

@@ -15,8 +15,8 @@ waits for a rank that already exited).
 from __future__ import annotations
 
 from rtdmd.config import Config
-from rtdmd.errors import ConfigError
 from rtdmd.devices import resolve_device
+from rtdmd.errors import ConfigError
 from rtdmd.train.parallel import env_world_size
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from torch import Tensor
 
-from rtdmd.config import strict
-from rtdmd.config import Config, dump_config, resolve
+from rtdmd.config import Config, dump_config, resolve, strict
 from rtdmd.errors import UserError
 from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint
+from rtdmd.train.state import unprefixed
 
 # Keys of a stage section that may change between a checkpoint and its resumption.
 RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_every"}
@@ -75,3 +76,24 @@ def read_run_config(run_dir: Path) -> tuple[Config, dict[str, Any]]:
     if not isinstance(info, dict) or info.get("stage") not in ("distill", "align"):
         raise UserError(f"{run_dir}/run.json does not name the stage (distill or align): restore it from a copy")
     return config, info
+
+
+def check_stage1(from_dir: Path, config: Config) -> tuple[Config, Path]:
+    """The config and the checkpoint of the stage-1 run a stage-2 run starts from (no tensors loaded)."""
+    stage1_config, info = read_run_config(from_dir)
+    if info.get("stage") != "distill":
+        raise UserError(f"--from {from_dir} is a stage-2 run: pass the run directory of 'rtdmd distill'")
+    if stage1_config.fingerprint("world", "backbone") != config.fingerprint("world", "backbone"):
+        raise UserError(f"--from {from_dir} was trained with another world or backbone: use the same world and "
+                        f"backbone sections as its config.yaml")
+    checkpoint = latest_checkpoint(Path(from_dir) / "checkpoints")
+    if checkpoint is None:
+        raise UserError(f"--from {from_dir} holds no complete checkpoint")
+    return stage1_config, checkpoint
+
+
+def load_stage1(checkpoint: Path) -> dict[str, dict[str, Tensor]]:
+    """The stage-1 result a stage-2 run starts from, its EMA generator and its fake score, in host memory (copied
+    into the model once, and otherwise only written to this run's checkpoints)."""
+    tensors, _ = load_checkpoint(checkpoint, "cpu")
+    return {"stage1_generator": unprefixed(tensors, "ema"), "stage1_fake": unprefixed(tensors, "fake")}

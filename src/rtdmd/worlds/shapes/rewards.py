@@ -21,8 +21,7 @@ import torch
 from torch import Tensor
 
 from rtdmd.errors import UserError
-from rtdmd.worlds.shapes import ASSETS
-from rtdmd.worlds.shapes import nets, oracle
+from rtdmd.worlds.shapes import ASSETS, nets, oracle
 from rtdmd.worlds.shapes.render import IMAGE_SIZE
 
 

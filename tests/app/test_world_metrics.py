@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from rtdmd.train.components import build_components
 from rtdmd.app.world_metrics import per_seed, sample_role, sample_timed, standard_error
+from rtdmd.train.components import build_components
 from tests.tiny import tiny_config
 
 

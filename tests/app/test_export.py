@@ -7,9 +7,9 @@ import torch
 
 import rtdmd.scheduler
 from rtdmd.app import export
+from rtdmd.app.sampling import sample, seeded_generators
 from rtdmd.backbones.loading import load_pipeline
 from rtdmd.errors import UserError
-from rtdmd.app.sampling import sample, seeded_generators
 from tests.backbones.conftest import CPU, FAMILIES, HW, PROMPTS, build, perturb, pipeline_latents, stock_pipeline
 
 SEEDS = [5, 6]

@@ -7,9 +7,11 @@ import re
 import pytest
 import yaml
 
-from rtdmd.errors import UserError
 from rtdmd.demo import shapes
+from rtdmd.errors import UserError
 from rtdmd.worlds.shapes import ASSETS
+
+pytestmark = pytest.mark.integration
 
 TAGS = ("single_object", "colors", "counting", "two_object", "color_attr", "position")
 FIGURES = ("samples.png", "curves_stage1.png", "curves_stage2.png", "watch.png", "accuracy_by_tag.png", "speed.png")

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rtdmd.data.prompts import load_prompts
 from rtdmd.app.evaluation import EvalProtocol, evaluate
+from rtdmd.data.prompts import load_prompts
 from rtdmd.rewards.base import WeightedReward
 from rtdmd.rewards.compositional import CompositionalReward
 from tests.rewards import toys

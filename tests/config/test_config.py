@@ -65,12 +65,19 @@ def test_preset_fills_defaults_and_explicit_values_win():
     assert (paper.align.log_prob, paper.align.advantages, paper.align.dm_weight) == ("simplified", "paper", 1e-3)
     exact = resolve(BASE, ["preset=exact"])
     for dotted, value in PRESETS["exact"].items():
-        got = getattr(exact.align, dotted.split(".")[1])
+        section, key = dotted.split(".")
+        got = getattr(getattr(exact, section), key)
         assert got == (tuple(value) if isinstance(value, list) else value), dotted
     mixed = resolve(BASE, ["preset=exact", "align.log_prob=simplified", "beta=0.5"])
     assert mixed.align.log_prob == "simplified" and mixed.align.advantages == "exact" and mixed.beta == 0.5
     with pytest.raises(ConfigError, match="did you mean 'exact'"):
         resolve(BASE, ["preset=exakt"])
+
+
+def test_exact_preset_refuses_a_back_propagation_only_scale():
+    with pytest.raises(ConfigError, match=r"rewards\[0\].bp_scale is 0.5, but preset exact needs 1"):
+        resolve(BASE, ["preset=exact", "reward.bp_scale=0.5"])
+    assert resolve(BASE, ["reward.bp_scale=0.5"]).rewards[0].bp_scale == 0.5  # the paper recipe's PickScore / 26
 
 
 def test_consistency_default_depends_on_method():

@@ -4,6 +4,7 @@ step is an unbiased estimate of grad E[r], checked against a closed form (item 8
 import dataclasses
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -69,25 +70,27 @@ class Quadratic:
         return -((x[:, 0] - self.center) ** 2)
 
 
-def test_subgrpo_plus_final_step_bp_is_unbiased():
-    gen, center, beta = LinearGenerator(), 1.5, 1.0
-    (truth_a, truth_b) = torch.autograd.grad(expected_reward(gen, center), [gen.A, gen.B])
-    truth = torch.cat([truth_a, truth_b]).float()
-    rewards = RewardSet([WeightedReward("q", Quadratic(center))])
-    cfg = dataclasses.replace(AlignConfig(), dm=False, log_prob="gaussian", advantages="exact",
-                              policy_reduction="unbiased_sum", bp_loss="linear", bp_weight=1.0, subset_size=2,
-                              eta=ETA, fake_weighting="uniform", dm_loss="score", dm_weight=1.0,
-                              dm_backprop="last_step")
+EXACT = dict(dm=False, log_prob="gaussian", advantages="exact", step_weighting="unbiased", old_log_prob="recomputed",
+             bp_loss="linear", bp_weight=1.0, subset_size=2, eta=ETA, fake_weighting="uniform", dm_loss="score",
+             dm_weight=1.0, dm_backprop="last_step")
+
+
+def reward_gradient_estimates(gen, rewards, beta, cfg, iterations=300, rollout_means=None):
+    """``iterations`` independent estimates of ``grad E[r] / beta`` from stage 2's generator terms (minus the loss
+    gradient), one rollout of 16 groups of 8 each; ``rollout_means`` may alter the recorded transition means (the
+    rollout's numerics) before the update."""
     objective = objectives.stage2(cfg, beta, rewards)
     groups, k = 16, 8
     indices = list(range(groups * k))
     cond = {"dummy": torch.zeros(len(indices), 1)}
     estimates = []
-    for it in range(300):
+    for it in range(iterations):
         streams = Streams(it)
         trained = grpo.choose_step_subset(3, 2, streams.generator("subset", it))
         draw = Draw(streams, it, indices, (1,), gen.device)
         traj = group_rollout(gen.velocity, cond, draw, k, SIGMAS, ETA, trained)
+        if rollout_means is not None:
+            traj.means = [rollout_means(m) for m in traj.means]
         scores = rewards.score(traj.final, [""] * len(indices))
         adv = objective.advantages(scores, rewards.weights, k)
         losses, _ = generator_terms(objective, gen.velocity, None, None, gen.decode, SIGMAS, ETA, trained, cond, traj,
@@ -95,7 +98,14 @@ def test_subgrpo_plus_final_step_bp_is_unbiased():
         loss = sum(losses.values()).mean()
         grad_a, grad_b = torch.autograd.grad(loss, [gen.A, gen.B])
         estimates.append(-torch.cat([grad_a, grad_b]))  # the loss descends -grad E[r] / beta
-    estimates = torch.stack(estimates)
+    return torch.stack(estimates)
+
+
+def test_subgrpo_plus_final_step_bp_is_unbiased():
+    gen, center, beta = LinearGenerator(), 1.5, 1.0
+    truth = torch.cat(torch.autograd.grad(expected_reward(gen, center), [gen.A, gen.B])).float()
+    rewards = RewardSet([WeightedReward("q", Quadratic(center))])
+    estimates = reward_gradient_estimates(gen, rewards, beta, dataclasses.replace(AlignConfig(), **EXACT))
     mean, stderr = estimates.mean(0), estimates.std(0) / math.sqrt(len(estimates))
     z = (mean - truth) / stderr
     assert z.abs().max() < 4.0, (mean, truth, stderr)
@@ -103,18 +113,77 @@ def test_subgrpo_plus_final_step_bp_is_unbiased():
     assert (stderr < 0.25 * truth.abs().max()).all()
 
 
-def test_paper_reduction_averages_over_trained_steps():
-    # "mean" divides the subset's sum by |S|; "unbiased_sum" multiplies it by #stochastic / |S|.
-    gen = LinearGenerator()
-    cond = {"dummy": torch.zeros(8, 1)}
-    draw = Draw(Streams(0), 0, list(range(8)), (1,), gen.device)
-    traj = group_rollout(gen.velocity, cond, draw, 4, SIGMAS, ETA, [0, 2])
-    adv = torch.linspace(-1, 1, 8)
-    policy = lambda reduction: objectives.PolicyLoss(objectives.LOG_PROBS["gaussian"], 1.0,  # noqa: E731
-                                                    objectives.POLICY_REDUCTIONS[reduction])
-    mean, _ = policy("mean")(gen.velocity, cond, traj, SIGMAS, ETA, [0, 2], adv)
-    total, _ = policy("unbiased_sum")(gen.velocity, cond, traj, SIGMAS, ETA, [0, 2], adv)
-    torch.testing.assert_close(total, mean * 2 * 3 / 2)
+def test_recomputed_old_log_prob_stays_unbiased_under_bf16_rollout_numerics():
+    """The rollout's transition means rounded to bf16 (what another kernel or precision does to them): with the
+    rollout's log-probability as the old one, the PPO clip of 1e-5 zeroes the gradient of about half the
+    samples; with the recomputed one (exact preset) the ratio is exactly 1 and the estimate stays unbiased."""
+    gen, center, beta = LinearGenerator(), 1.5, 1.0
+    truth = torch.cat(torch.autograd.grad(expected_reward(gen, center), [gen.A, gen.B])).float()
+    rewards = RewardSet([WeightedReward("q", Quadratic(center))])
+    bf16 = lambda m: m.bfloat16().float()  # noqa: E731
+    results = {}
+    for old in ("recomputed", "behaviour"):
+        cfg = dataclasses.replace(AlignConfig(), **{**EXACT, "old_log_prob": old})
+        estimates = reward_gradient_estimates(gen, rewards, beta, cfg, iterations=200, rollout_means=bf16)
+        results[old] = (estimates.mean(0), estimates.std(0) / math.sqrt(len(estimates)))
+    mean, stderr = results["recomputed"]
+    assert ((mean - truth) / stderr).abs().max() < 4.0, (mean, truth)
+    mean, stderr = results["behaviour"]  # the policy half of the gradient is cut: far from the truth
+    assert ((mean - truth) / stderr).abs().max() > 6.0, (mean, truth)
+
+
+def test_paper_preset_is_the_published_normalised_sum():
+    """Published: every step term -- the policy term of each trained step j in S and the final step's DM + BP
+    term -- divided by grad_accum x |S u {last}|. Written out by hand over two micro-batches and compared with
+    what stage 2 back-propagates (loss and gradient)."""
+    gen, center = LinearGenerator(), 1.5
+    rewards = RewardSet([WeightedReward("q", Quadratic(center))])
+    cfg = resolve_paper_align()
+    objective = objectives.stage2(cfg, 1.0, rewards)
+    teacher = lambda x, sigma, cond: 0.5 * x - 0.2  # noqa: E731  (any fixed velocities)
+    fake = lambda x, sigma, cond: 0.4 * x + 0.1  # noqa: E731
+    k, trained, n = 4, [0, 2], 8
+    cond = {"dummy": torch.zeros(n, 1)}
+    draw = Draw(Streams(3), 0, list(range(n)), (1,), gen.device)
+    traj = group_rollout(gen.velocity, cond, draw, k, SIGMAS, ETA, trained)
+    adv = objective.advantages(rewards.score(traj.final, [""] * n), rewards.weights, k)
+    ours, hand = torch.zeros(()), torch.zeros(())
+    halves = [slice(0, 4), slice(4, 8)]
+    cos_t = math.cos(ETA * math.pi / 2)
+    for rows in halves:  # as align.update: each micro-batch's terms, summed over samples / all samples
+        part = traj.rows(rows)
+        terms, _ = generator_terms(objective, gen.velocity, teacher, fake, gen.decode, SIGMAS, ETA, trained,
+                                   {"dummy": cond["dummy"][rows]}, part, adv[rows], [""] * 4, [{}] * 4,
+                                   draw.rows(rows))
+        ours = ours + sum(terms.values()).sum() / n
+        # By hand: simplified log-probs, PPO ratios against the rollout's, mean over the micro-batch per term.
+        step_terms = []
+        for j in trained:
+            x, a, b = part.states[j], float(SIGMAS[j]), float(SIGMAS[j + 1])
+            v = gen.A[j] * x + gen.B[j]
+            mu = (1 - b) * (x - a * v) + b * cos_t * (x + (1 - a) * v)
+            logp = -((part.states[j + 1] - mu) ** 2).mean(1)
+            logp_old = -((part.states[j + 1] - part.means[j]) ** 2).mean(1)
+            ratio = torch.exp(logp - logp_old)
+            surrogate = torch.maximum(-adv[rows] * ratio, -adv[rows] * ratio.clamp(1 - 1e-5, 1 + 1e-5))
+            step_terms.append(surrogate.mean())
+        x_last = part.states[-2]
+        x_final = x_last - float(SIGMAS[-2]) * (gen.A[3] * x_last + gen.B[3])
+        dm, _ = objectives.DMDLoss(ETA, objectives.RenoiseLevels())(teacher, fake, None, x_final, 0.0, draw.rows(rows))
+        hinge = (3.0 - Quadratic(center)(x_final)).clamp_min(0)
+        step_terms.append((1e-3 * dm + 1e-4 * hinge).mean())
+        hand = hand + sum(step_terms) / (len(halves) * (len(trained) + 1))
+    torch.testing.assert_close(ours, hand)
+    for ours_grad, hand_grad in zip(torch.autograd.grad(ours, [gen.A, gen.B], retain_graph=True),
+                                    torch.autograd.grad(hand, [gen.A, gen.B])):
+        torch.testing.assert_close(ours_grad, hand_grad)
+
+
+def resolve_paper_align() -> AlignConfig:
+    """The align section of the paper preset, as the config loader resolves it."""
+    from tests.tiny import tiny_config
+
+    return dataclasses.replace(tiny_config("preset=paper").align, eta=ETA)
 
 
 def test_untrained_steps_share_noise_within_groups():
@@ -135,3 +204,28 @@ def test_untrained_steps_share_noise_within_groups():
     for step in range(3):
         torch.testing.assert_close(sub.noises[step], traj.noises[step][5:9])
     torch.testing.assert_close(sub.final, traj.final[5:9])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("preset", ["exact", "paper"])
+def test_sampling_rounds_accumulate_to_one_round_of_the_whole_batch(tmp_path, preset):
+    """M sampling rounds of P prompts in one optimiser step (spec 5.8) are one round of M x P prompts: the same
+    draws (keyed by global sample index), the fake update and the generator gradient accumulated over rounds,
+    the advantages normalised over the whole step. Equal up to the order of float sums."""
+    from rtdmd.train import align, distill
+    from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint
+    from tests.tiny import tiny_config
+
+    base = (f"preset={preset}", "align.group_size=4", "align.micro_batch=4", "align.iterations=3")
+    distill.run(tiny_config(*base), tmp_path / "s1")
+    runs = {"rounds": ("align.prompts_per_iteration=2", "align.sampling_rounds=2"),
+            "one": ("align.prompts_per_iteration=4", "align.sampling_rounds=1")}
+    tensors = {}
+    for name, overrides in runs.items():
+        align.run(tiny_config(*base, *overrides), tmp_path / name, tmp_path / "s1")
+        tensors[name], _ = load_checkpoint(latest_checkpoint(tmp_path / name / "checkpoints"))
+    moved = 0
+    for key, value in tensors["one"].items():
+        torch.testing.assert_close(tensors["rounds"][key], value, rtol=1e-4, atol=1e-6, msg=key)
+        moved += key.startswith("generator/") and not torch.equal(value, tensors["one"]["stage1_generator/" + key[10:]])
+    assert moved  # the runs trained

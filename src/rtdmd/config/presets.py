@@ -16,9 +16,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "align.dm_weight": 1e-3,
         "align.bp_loss": "hinge",
         "align.bp_weight": 1e-4,
-        "align.policy_reduction": "mean",
+        "align.step_weighting": "published",
+        "align.old_log_prob": "behaviour",
         "align.fake_weighting": "min1_10s2",
+        "align.fake_consistency_gamma": 0.01,
         "align.dm_backprop": "last_step",
+        "distill.consistency_kernel": "cps",
     },
     # One explicit beta: raw rewards / beta, exact Gaussian log-probs, unbiased estimators and an unnormalised
     # data-level DM term at small sigma, so that the fixed point is p~ (spec section 1).
@@ -29,9 +32,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "align.dm_weight": 1.0,
         "align.bp_loss": "linear",
         "align.bp_weight": 1.0,
-        "align.policy_reduction": "unbiased_sum",
+        "align.step_weighting": "unbiased",
+        "align.old_log_prob": "recomputed",
         "align.dm_sigma_range": [0.03, 0.15],
         "align.fake_weighting": "uniform",
+        "align.fake_consistency_gamma": 0.0,  # the fake score must be unbiased at low noise: no regulariser
         "align.dm_backprop": "full",
+        "distill.consistency_kernel": "forward",
     },
 }

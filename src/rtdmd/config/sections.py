@@ -52,6 +52,10 @@ class DistillConfig:
     fake_weighting: Literal["min1_10s2", "uniform"] = "min1_10s2"
     consistency_gamma: float | None = None  # default 0.01 for acdmd, 0 (off) for dmd
     consistency_estimator: Literal["two_sample", "one_sample"] = "two_sample"
+    # cps: the published regulariser, CPS steps t -> t' < t (biased: the martingale it relies on holds for the
+    # diffusion's own reverse kernel, not for CPS at eta 0.9); forward: the exact forward kernel t -> t'' > t and a
+    # regression onto the detached prediction at t, whose stationary point is the true denoiser (preset exact).
+    consistency_kernel: Literal["cps", "forward"] | None = None
     consistency_delta_max: int = dmd.CONSISTENCY_DELTA_MAX
     renoise_offset: float = dmd.RENOISE_OFFSET  # tau ~ U[1000 s + offset, 1000)
     tau_clamp: tuple[float, float] = dmd.TAU_CLAMP
@@ -64,6 +68,8 @@ class DistillConfig:
     def __post_init__(self):
         if self.consistency_gamma is None:
             object.__setattr__(self, "consistency_gamma", 0.01 if self.method == "acdmd" else 0.0)
+        if self.consistency_kernel is None:  # set by the preset when loaded from a config
+            object.__setattr__(self, "consistency_kernel", "cps")
         check(self.iterations >= 1, "iterations must be >= 1")
         check(self.batch_size >= 1, "batch_size must be >= 1")
         check(0 <= self.eta <= 1, f"eta must lie in [0, 1], got {self.eta}")
@@ -101,9 +107,13 @@ class AlignConfig:
     advantages: Literal["paper", "exact"] | None = None
     advantage_clip: float = 5.0
     ppo_clip: float = 1e-5
-    # mean: average the surrogate over the trained steps (published); unbiased_sum: sum it and scale by
-    # (#stochastic steps / subset_size), an unbiased estimate of the all-steps score-function gradient.
-    policy_reduction: Literal["mean", "unbiased_sum"] | None = None
+    # The old log-probability of the PPO ratio: the rollout's (published), or the recomputed one without gradient,
+    # so that the ratio is exactly 1 with one update per rollout and no numerical difference clips a sample.
+    old_log_prob: Literal["behaviour", "recomputed"] | None = None
+    # published: every step term (the policy term of each trained step, and the final-step DM + BP term) is divided
+    # by |S| + 1, the number of steps with a term; unbiased: the policy terms summed and scaled by
+    # (#stochastic steps / subset_size), the final-step terms with weight 1 (the gradient of E[r] / beta).
+    step_weighting: Literal["published", "unbiased"] | None = None
     policy_weight: float = 1.0
     dm_loss: Literal["dmd", "score"] | None = None  # normalised DMD at s = 0, or unnormalised score difference
     dm_weight: float | None = None
@@ -116,7 +126,7 @@ class AlignConfig:
     bp_margin: float = 3.0
     fake_update_ratio: int = 1  # fake updates per generator update
     fake_weighting: Literal["min1_10s2", "uniform"] | None = None
-    fake_consistency_gamma: float = 0.01
+    fake_consistency_gamma: float | None = None  # default 0.01 (paper); off under exact (see consistency_kernel)
     generator: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-6, weight_decay=1e-4))
     fake: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-5))
     ema_decay: float = 0.9
@@ -125,6 +135,8 @@ class AlignConfig:
     log_every: int = 1
 
     def __post_init__(self):
+        if self.fake_consistency_gamma is None:  # set by the preset when loaded from a config
+            object.__setattr__(self, "fake_consistency_gamma", 0.01)
         check(self.iterations >= 1, "iterations must be >= 1")
         check(self.prompts_per_iteration >= 1, "prompts_per_iteration must be >= 1")
         check(self.group_size >= 2, f"group_size must be >= 2 (a group baseline needs 2 samples), got {self.group_size}")
@@ -143,6 +155,7 @@ class AlignConfig:
             lo, hi = self.dm_sigma_range
             check(0 < lo < hi < 1, f"dm_sigma_range must satisfy 0 < lo < hi < 1, got {[lo, hi]}")
         check(self.fake_update_ratio >= 1, "fake_update_ratio must be >= 1")
+        check(self.fake_consistency_gamma >= 0, "fake_consistency_gamma must be >= 0")
         check(0 <= self.ema_decay < 1 and self.ema_every >= 1, "ema_decay in [0, 1) and ema_every >= 1")
         check(self.checkpoint_every >= 0 and self.log_every >= 1, "checkpoint_every >= 0 and log_every >= 1")
 
@@ -198,6 +211,12 @@ class Config:
         check(self.beta > 0, f"beta must be positive, got {self.beta}")
         names = [r.name for r in self.rewards]
         check(len(set(names)) == len(names), f"reward names must be unique, got {names}")
+        for i, r in enumerate(self.rewards):
+            # bp_scale rescales a reward in the back-propagation path only: the pathwise and score-function parts
+            # of grad E[r] would then estimate the gradients of two different rewards.
+            check(self.preset != "exact" or r.bp_scale == 1.0,
+                  f"rewards[{i}].bp_scale is {r.bp_scale}, but preset exact needs 1 (a scale in the back-propagation "
+                  f"path only biases the reward gradient): remove it, or scale the reward with weight instead")
 
     def fingerprint(self, *sections: str) -> str:
         """Hash of the named sections: a checkpoint is only compatible with the same world and backbone."""

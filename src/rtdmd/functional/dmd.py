@@ -89,11 +89,25 @@ def consistency_loss(h: Tensor, h1: Tensor, h2: Tensor | None = None) -> Tensor:
     return (d1 * d2).mean(1)
 
 
+def forward_consistency_loss(h_up: Tensor, h: Tensor) -> Tensor:
+    """``mean_{CHW} (h'' - sg(h))^2`` per sample: the fake's x0 prediction ``h''`` at a noisier level ``t''``,
+    reached from ``x_t`` by the exact forward kernel, regressed onto its detached prediction ``h`` at ``t``.
+
+    Unbiased where the published form (:func:`consistency_loss`) is not: x0 -> x_t -> x_t'' is Markov, so
+    ``E[h*(x_t) | x_t''] = E[E[x0 | x_t] | x_t''] = h*(x_t'')`` for the true denoiser ``h*``, and the gradient of
+    this regression with respect to ``h''`` vanishes there: the true score is a stationary point of the fake
+    score's loss with the regulariser, whatever its weight.
+    """
+    return ((h_up.float() - h.detach().float()) ** 2).flatten(1).mean(1)
+
+
 def sample_renoise_level(u: Tensor, s: Tensor | float, offset: float = RENOISE_OFFSET,
                          lo: float = TAU_CLAMP[0], hi: float = TAU_CLAMP[1], top: float = TAU_TOP) -> Tensor:
-    """Renoising level ``t = tau / 1000`` with ``tau ~ U[1000 s + offset, top)`` clamped to ``[lo, hi]``
-    (spec 4.2); ``u ~ U[0, 1)`` is the caller's uniform draw of shape ``(B,)``."""
+    """Renoising level ``t = tau / 1000`` with ``tau ~ U[1000 s + offset, top)`` clamped to ``[lo, hi]``, but never
+    below ``1000 s + offset`` (spec 4.2); ``u ~ U[0, 1)`` is the caller's uniform draw of shape ``(B,)``."""
     start = 1000.0 * level(s, u.device) + offset
     tau = start + (top - start) * u.float()
-    return tau.clamp(lo, hi) / 1000.0
+    # The clamp never takes tau below the sub-interval's start: for s > (hi - offset) / 1000 (FLUX.1 above
+    # ~1700 px puts its first level there) it would give t <= s, where no forward transition exists.
+    return torch.maximum(tau.clamp(lo, hi), start) / 1000.0
 

@@ -175,8 +175,8 @@ def generator_terms(objective: objectives.Stage2Objective, generator, teacher, f
         x_dm = rollout(generator, traj.states[0].detach(), sigmas, eta, lambda i: traj.noises[i], cond) \
             if objective.dm_replay else x_final
         loss, m = objective.dm(teacher, fake, cond, x_dm, 0.0, draw)
-        terms["dm"] = objective.dm_weight * loss
+        terms["dm"] = objective.final_step_weight * objective.dm_weight * loss
         metrics.update(m)
     if objective.bp is not None:
-        terms["bp"] = objective.bp_weight * objective.bp(decode(x_final), texts, metadata)
+        terms["bp"] = objective.final_step_weight * objective.bp_weight * objective.bp(decode(x_final), texts, metadata)
     return terms, metrics

@@ -34,6 +34,7 @@ def run(config: Config, run_dir: str | Path, *, resume: bool = False, evaluate: 
     prompts = session.world.prompts("train")
     sigmas = backbone.generator_sigmas(cfg.step_list)
     n_steps = len(sigmas) - 1
+    objectives.check_renoise_room(sigmas, cfg.renoise_offset)
     objective = objectives.stage1(cfg)
     teacher, generator, fake = backbone.role("teacher"), backbone.role("generator"), backbone.role("fake")
 

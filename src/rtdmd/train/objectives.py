@@ -18,6 +18,7 @@ from torch import Tensor
 
 from rtdmd.backbones.base import Cond, Velocity
 from rtdmd.config import AlignConfig, DistillConfig
+from rtdmd.errors import UserError
 from rtdmd.functional import dmd, flow, grpo, reward_bp, samplers
 from rtdmd.rewards.base import RewardSet
 from rtdmd.rng import Draw
@@ -32,10 +33,14 @@ LOG_PROBS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
     "gaussian": samplers.gaussian_log_prob,
     "simplified": lambda x_next, mean, std: samplers.simplified_log_prob(x_next, mean),
 }
-# (per-step surrogates stacked (|S|, B), number of stochastic steps) -> per-sample policy loss (B,)
-POLICY_REDUCTIONS: dict[str, Callable[[Tensor, int], Tensor]] = {
-    "mean": lambda terms, n_stochastic: terms.mean(0),  # published: average over the trained steps
-    "unbiased_sum": lambda terms, n_stochastic: terms.sum(0) * n_stochastic / len(terms),
+# (trained steps |S|, stochastic steps) -> (weight of each trained step's policy term, weight of the final step's
+# DM + BP term)
+STEP_WEIGHTS: dict[str, Callable[[int, int], tuple[float, float]]] = {
+    # published: every step with a term divided by |S u {last}| = |S| + 1 (the normaliser of the public code)
+    "published": lambda n_trained, n_stochastic: (1 / (n_trained + 1), 1 / (n_trained + 1)),
+    # unbiased: each step is trained with probability |S| / n, so the sum is scaled back; the last step's terms
+    # are the pathwise part of grad E[r] / beta and the DM gradient, weight 1
+    "unbiased": lambda n_trained, n_stochastic: (n_stochastic / n_trained, 1.0),
 }
 # (per-reward scores over the global batch, weights, group size, config, beta) -> advantages (B,)
 ADVANTAGES: dict[str, Callable[..., Tensor]] = {
@@ -77,6 +82,7 @@ class FakeScoreLoss:
     gamma: float
     two_sample: bool = True
     delta_max: int = dmd.CONSISTENCY_DELTA_MAX
+    forward_kernel: bool = False  # the unbiased regulariser (dmd.forward_consistency_loss), not the published one
 
     def __call__(self, fake: Velocity, cond: Cond, x_s: Tensor, s: float, draw: Draw) -> Losses:
         x_s = x_s.detach()
@@ -88,19 +94,35 @@ class FakeScoreLoss:
                                    self.weight(flow.renoise_coefficients(s, t)[1]))
         metrics = {"fake_loss": loss.mean().item()}
         if self.gamma > 0:
-            # Consistency (4.5): CPS steps t -> t' with the detached velocity, fake x0 predictions at t'.
             delta = (draw.rand("delta") * self.delta_max).floor() + 1
-            t_next = (1000 * t - delta).clamp_min(0) / 1000
-            copies = 2 if self.two_sample else 1
-            x_next = torch.cat([samplers.cps_step(x_t, v.detach(), t, t_next, self.eta, draw.randn("cons_z", i))
-                                for i in range(copies)])
-            t_rep = t_next.repeat(copies)
-            v_next = fake(x_next, t_rep, {k: torch.cat([c] * copies) for k, c in cond.items()})
-            h_next = flow.x0_from_velocity(x_next, t_rep, v_next).chunk(copies)
-            l_c = dmd.consistency_loss(flow.x0_from_velocity(x_t, t, v), *h_next)
+            l_c = (self.forward_consistency if self.forward_kernel else self.published_consistency)(
+                fake, cond, x_t, t, v, delta, draw)
             loss = loss + self.gamma * l_c
             metrics["consistency"] = l_c.mean().item()
         return loss, metrics
+
+
+    def published_consistency(self, fake: Velocity, cond: Cond, x_t: Tensor, t: Tensor, v: Tensor, delta: Tensor,
+                              draw: Draw) -> Tensor:
+        """Spec 4.5: CPS steps t -> t' = (tau - delta) / 1000 with the detached velocity, the fake's x0 predictions
+        at t' against its prediction at t (two samples: an unbiased estimate of the squared bias)."""
+        t_next = (1000 * t - delta).clamp_min(0) / 1000
+        copies = 2 if self.two_sample else 1
+        x_next = torch.cat([samplers.cps_step(x_t, v.detach(), t, t_next, self.eta, draw.randn("cons_z", i))
+                            for i in range(copies)])
+        t_rep = t_next.repeat(copies)
+        v_next = fake(x_next, t_rep, {k: torch.cat([c] * copies) for k, c in cond.items()})
+        h_next = flow.x0_from_velocity(x_next, t_rep, v_next).chunk(copies)
+        return dmd.consistency_loss(flow.x0_from_velocity(x_t, t, v), *h_next)
+
+    def forward_consistency(self, fake: Velocity, cond: Cond, x_t: Tensor, t: Tensor, v: Tensor, delta: Tensor,
+                            draw: Draw) -> Tensor:
+        """The unbiased form: the exact forward kernel t -> t'' = (tau + delta) / 1000 (at most the top of the
+        clamp), the fake's x0 prediction there regressed onto its detached prediction at t."""
+        t_up = torch.maximum((1000 * t + delta).clamp_max(dmd.TAU_CLAMP[1]), 1000 * t) / 1000
+        x_up = flow.renoise(x_t, t, t_up, draw.randn("cons_n"))
+        h_up = flow.x0_from_velocity(x_up, t_up, fake(x_up, t_up, cond))
+        return dmd.forward_consistency_loss(h_up, flow.x0_from_velocity(x_t, t, v))
 
 
 @dataclass(frozen=True)
@@ -138,12 +160,16 @@ class ScoreDMLoss:
 
 @dataclass(frozen=True)
 class PolicyLoss:
-    """SubGRPO's clipped surrogate on the trained steps ``S`` of a recorded rollout (spec 5.2-5.5), per sample:
-    each step's log-probability is recomputed with gradient and compared with the behaviour's."""
+    """SubGRPO's clipped surrogate on the trained steps ``S`` of a recorded rollout (spec 5.2-5.5), per sample,
+    each trained step weighted by ``step_weight``. Each step's log-probability is recomputed with gradient; the
+    ratio's old log-probability is the rollout's (``recompute_old=False``, published) or the recomputed one
+    without gradient (on-policy: the ratio is exactly 1, so numerical differences between rollout and update,
+    bf16 or another kernel, clip nothing). ``clip_fraction`` is measured against the rollout either way."""
 
     log_prob: Callable[[Tensor, Tensor, Tensor], Tensor]
     clip_range: float
-    reduce: Callable[[Tensor, int], Tensor]
+    step_weight: float
+    recompute_old: bool = False
 
     def __call__(self, generator: Velocity, cond: Cond, traj: samplers.Trajectory, sigmas: Tensor, eta: float,
                  trained: Sequence[int], advantages: Tensor) -> Losses:
@@ -153,12 +179,13 @@ class PolicyLoss:
             v = generator(x_k, torch.full((x_k.shape[0],), sigma, device=x_k.device), cond)
             mean, std = samplers.cps_mean_std(x_k, v, sigma, sigma_next, eta)
             log_prob = self.log_prob(traj.states[k + 1], mean, std)
-            log_prob_old = self.log_prob(traj.states[k + 1], traj.means[k], traj.stds[k])
-            loss, was_clipped = grpo.clipped_policy_loss(log_prob, log_prob_old, advantages, self.clip_range)
+            behaviour = self.log_prob(traj.states[k + 1], traj.means[k], traj.stds[k])
+            loss, was_clipped = grpo.clipped_policy_loss(log_prob, log_prob.detach() if self.recompute_old
+                                                         else behaviour, advantages, self.clip_range)
             terms.append(loss)
-            clipped.append(was_clipped.float())
-        per_sample = self.reduce(torch.stack(terms), len(sigmas) - 2)
-        return per_sample, {"clip_fraction": torch.stack(clipped).mean().item()}
+            clipped.append(grpo.clipped_policy_loss(log_prob.detach(), behaviour, advantages, self.clip_range)[1])
+        per_sample = self.step_weight * torch.stack(terms).sum(0)
+        return per_sample, {"clip_fraction": torch.stack(clipped).float().mean().item()}
 
 
 @dataclass(frozen=True)
@@ -183,7 +210,8 @@ class Stage1Objective:
 @dataclass(frozen=True)
 class Stage2Objective:
     """Every term of stage 2, already chosen: absent terms are None. ``dm_replay``: the DM gradient flows through
-    the whole rollout replayed with gradient, not only through the last step."""
+    the whole rollout replayed with gradient, not only through the last step. ``final_step_weight`` multiplies
+    the final step's DM and BP terms (the policy terms carry their step weight in ``policy``)."""
 
     fake: FakeScoreLoss
     advantages: Callable[[Mapping[str, Tensor], Mapping[str, float], int], Tensor]
@@ -194,12 +222,24 @@ class Stage2Objective:
     policy_weight: float
     dm_weight: float
     bp_weight: float
+    final_step_weight: float = 1.0
+
+
+def check_renoise_room(sigmas: Tensor, offset: float) -> None:
+    """Every level a random stop can end at must leave room to renoise above it (``1000 s + offset < 1000``);
+    a one-line error otherwise (a FLUX.1 schedule at extreme resolutions)."""
+    for s in sigmas[1:-1].tolist():
+        if 1000 * s + offset >= dmd.TAU_TOP:
+            raise UserError(f"the generator level {s:.4f} (distill.step_list through the backbone's shift) leaves no "
+                            f"room to renoise above it (tau ~ U[1000 s + {offset:g}, 1000)): lower the resolution or "
+                            f"use smaller steps in distill.step_list")
 
 
 def stage1(cfg: DistillConfig) -> Stage1Objective:
     levels = RenoiseLevels(cfg.renoise_offset, cfg.tau_clamp)
     fake = FakeScoreLoss(cfg.eta, FAKE_WEIGHTS[cfg.fake_weighting], levels, cfg.consistency_gamma,
-                         cfg.consistency_estimator == "two_sample", cfg.consistency_delta_max)
+                         cfg.consistency_estimator == "two_sample", cfg.consistency_delta_max,
+                         cfg.consistency_kernel == "forward")
     return Stage1Objective(fake, DMDLoss(cfg.eta, levels))
 
 
@@ -207,7 +247,8 @@ def stage2(cfg: AlignConfig, beta: float, rewards: RewardSet) -> Stage2Objective
     """The stage-2 terms of ``cfg`` (whose preset-dependent fields the config loader has filled in)."""
     levels = RenoiseLevels(sigma_range=cfg.dm_sigma_range)
     fake = FakeScoreLoss(cfg.eta, FAKE_WEIGHTS[cfg.fake_weighting], levels, cfg.fake_consistency_gamma)
-    policy = PolicyLoss(LOG_PROBS[cfg.log_prob], cfg.ppo_clip, POLICY_REDUCTIONS[cfg.policy_reduction])
+    policy_step, final_step = STEP_WEIGHTS[cfg.step_weighting](cfg.subset_size, len(cfg.step_list) - 1)
+    policy = PolicyLoss(LOG_PROBS[cfg.log_prob], cfg.ppo_clip, policy_step, cfg.old_log_prob == "recomputed")
     if cfg.dm_loss == "dmd":
         dm = DMDLoss(cfg.eta, levels)
     else:
@@ -218,4 +259,5 @@ def stage2(cfg: AlignConfig, beta: float, rewards: RewardSet) -> Stage2Objective
     return Stage2Objective(
         fake=fake, advantages=lambda scores, weights, k: advantage(scores, weights, k, cfg, beta),
         policy=policy if cfg.policy else None, dm=dm if cfg.dm else None, dm_replay=cfg.dm_backprop == "full",
-        bp=bp, policy_weight=cfg.policy_weight, dm_weight=cfg.dm_weight, bp_weight=cfg.bp_weight)
+        bp=bp, policy_weight=cfg.policy_weight, dm_weight=cfg.dm_weight, bp_weight=cfg.bp_weight,
+        final_step_weight=final_step)

@@ -17,6 +17,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from rtdmd.data.geneval import parse_prompt_set
 from rtdmd.data.prompts import PromptSet, load_prompts
 from rtdmd.errors import UserError
 
@@ -64,8 +65,6 @@ def hpsv2_to_jsonl(folder: str | Path, dst: str | Path) -> int:
 
 def check_geneval(path: str | Path) -> PromptSet:
     """Load GenEval's ``evaluation_metadata.jsonl`` and validate every record's metadata."""
-    from rtdmd.rewards.compositional import parse_prompt_set
-
     prompts = load_prompts(path)
     parse_prompt_set(prompts.metadata, str(path))
     return prompts

@@ -59,7 +59,7 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
     stage1 = load_stage1(stage1_checkpoint)
     checkpoint = prepare_run_dir(run_dir, config, STAGE, resume, dist.is_main, {"from": str(Path(from_dir).resolve())})
     parts = build_components(config, device)
-    backbone, rewards, prompts = parts.backbone, parts.rewards, parts.world.prompts("train")
+    backbone, rewards, prompts = parts.backbone, parts.rewards, parts.world.prompts("align")
     sigmas = backbone.generator_sigmas(cfg.step_list)
     n_stochastic = len(sigmas) - 2
 

@@ -204,6 +204,9 @@ class Benchmark:
     metrics: tuple[str, ...] = ()  # ids of METRICS, as the paper reports them on this set
     samples_per_prompt: int = 1  # images per prompt in the set's own protocol
     about: str = ""
+    # How a metric's per-image values become the reported number: their mean, or the mean of the per-tag means
+    # (GenEval's overall score weighs its six tasks equally).
+    aggregate: Literal["mean", "tag_mean"] = "mean"
 
     def load(self) -> PromptSet:
         """Fetch (or reuse the cached copy), verify, parse, and check the count."""
@@ -216,13 +219,13 @@ class Benchmark:
     def record(self) -> dict[str, Any]:
         """What an evaluation protocol records about the set."""
         return {"name": self.name, "url": self.file.url, "sha256": self.file.sha256, "num_prompts": self.count,
-                "samples_per_prompt": self.samples_per_prompt}
+                "samples_per_prompt": self.samples_per_prompt, "aggregate": self.aggregate}
 
 
 _PAPER = "paper"
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("geneval", FILES["geneval/evaluation_metadata.jsonl"], geneval_jsonl, 553, _PAPER, ("geneval",), 4,
-              "GenEval: object, count, colour and position prompts with detector-checkable metadata"),
+              "GenEval: object, count, colour and position prompts with detector-checkable metadata", "tag_mean"),
     Benchmark("drawbench", FILES["drawbench/test.txt"], repeated_lines(5), 200, _PAPER,
               ("clipscore", "aesthetic", "pickscore", "hpsv2", "imagereward"), 5,
               "DrawBench's 200 prompts; the paper's file lists each 5 times"),
@@ -248,13 +251,19 @@ def get(name: str) -> Benchmark:
     return BENCHMARKS[name]
 
 
+def members(name: str) -> list[Benchmark]:
+    """The set ``name``, or the members of the group ``name`` (``t2i_compbench``); [] for an unknown name."""
+    if name in BENCHMARKS:
+        return [BENCHMARKS[name]]
+    return [b for b in BENCHMARKS.values() if b.name.startswith(f"{name}/")]
+
+
 def expand(names: Sequence[str]) -> list[Benchmark]:
     """Benchmarks by name, where a group name (``t2i_compbench``) stands for all its members, in registry order;
     duplicates are dropped."""
     chosen: list[Benchmark] = []
     for name in names:
-        members = [b for b in BENCHMARKS.values() if b.name.startswith(f"{name}/")]
-        for bench in members or [get(name)]:
+        for bench in members(name) or [get(name)]:
             if bench not in chosen:
                 chosen.append(bench)
     return chosen

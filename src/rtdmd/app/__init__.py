@@ -1,0 +1,1 @@
+"""Applications built from the library: commands that compose evaluation, runs and reports."""

@@ -35,11 +35,21 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+from PIL import Image
+
+from rtdmd import registry
+from rtdmd.config import resolve_rewards
 from rtdmd.configtools import suggest
 from rtdmd.data import benchmarks
 from rtdmd.data.prompts import PromptSet
 from rtdmd.data.sources import parse_source
 from rtdmd.errors import UserError
+from rtdmd.evaluation import EvalProtocol, evaluate, prompt_set_digest, scorer_record
+from rtdmd.rewards.combine import build_reward_set
+from rtdmd.sample import sample_images
+from rtdmd.train import runs as train_runs
+from rtdmd.train.parallel import resolve_device
 
 WORLD = "world"
 
@@ -118,8 +128,6 @@ def slug(name: str) -> str:
 
 def resolve_sets(names: Sequence[str], world, limit: int | None) -> list[EvalSet]:
     """The sets the names stand for (a group name stands for all its members), each cut to ``limit`` prompts."""
-    from rtdmd.evaluation import prompt_set_digest
-
     sets: list[EvalSet] = []
     for name in names:
         if name == WORLD:
@@ -142,16 +150,13 @@ def resolve_sets(names: Sequence[str], world, limit: int | None) -> list[EvalSet
     if len({s.slug for s in sets}) != len(sets):
         raise UserError(f"a prompt set is named twice in --benchmark {' '.join(names)}")
     if limit is not None:
-        sets = [EvalSet(s.name, s.prompts.subset(range(min(limit, len(s.prompts)))), s.record, s.paper_metrics,
-                        s.samples_per_prompt, s.aggregate) for s in sets]
+        sets = [replace(s, prompts=s.prompts.subset(range(min(limit, len(s.prompts))))) for s in sets]
     return sets
 
 
 def reward_entries(specs: Sequence[str], default):
     """Reward entries of ``--reward KIND`` / ``--reward NAME=KIND`` (the name is what the table matches
     against the paper's metrics), or ``default`` (the first run's rewards) when none is given."""
-    from rtdmd.config import resolve_rewards
-
     if not specs:
         return default
     raw = []
@@ -175,9 +180,7 @@ def scorers_for(eval_set: EvalSet, entries: Sequence) -> list:
 
 def check_runs(runs: Sequence[Path]):
     """The runs' configs and run records; they must share one world and backbone (one teacher)."""
-    from rtdmd.train.runs import read_run_config
-
-    read = [read_run_config(Path(run)) for run in runs]
+    read = [train_runs.read_run_config(Path(run)) for run in runs]
     first = read[0][0].fingerprint("world", "backbone")
     for run, (config, _) in zip(runs[1:], read[1:]):
         if config.fingerprint("world", "backbone") != first:
@@ -208,8 +211,6 @@ def generator_columns(runs: Sequence[Path], read) -> list[Column]:
 
 def sampler(backbone, column: Column) -> Callable:
     """``generate(prompts, seeds) -> images`` of a column on a loaded backbone."""
-    from rtdmd.sample import sample_images
-
     if column.role == "teacher":
         sigmas = backbone.teacher_sigmas(column.steps)
     else:
@@ -224,8 +225,6 @@ def sampler(backbone, column: Column) -> Callable:
 def evaluate_column(generate: Callable, column: Column, sets: Sequence[EvalSet], entries: Sequence,
                     seeds: Mapping[str, tuple[int, ...]], out: Path) -> dict[str, dict]:
     """Every set with one model: ``{set slug: summary}`` (images and scores under ``out/<model>/<set>``)."""
-    from rtdmd.evaluation import EvalProtocol, evaluate
-
     summaries = {}
     for eval_set in sets:
         protocol = EvalProtocol(seeds=seeds[eval_set.slug], steps=column.steps, cfg=column.cfg,
@@ -337,8 +336,6 @@ img{image-rendering:pixelated;display:block}.score{font-size:11px;color:#555}ul{
 
 def page(sets, columns, rows, seeds, protocol, grids, out: Path) -> str:
     """The HTML page: the table, the protocol, one image grid per set (same prompt and seed across a row)."""
-    from PIL import Image
-
     esc = html.escape
     head = "".join(f"<th>{esc(c.label)}</th>" for c in columns)
     labels = {s.name: set_label(s, seeds[s.slug]) for s in sets}
@@ -391,14 +388,6 @@ def write_outputs(request: TableRequest, sets, columns, entries, summaries, scor
 
 def make_table(request: TableRequest) -> dict[str, Any]:
     """Everything the module docstring describes; returns the contents of ``table.json``."""
-    import torch
-
-    from rtdmd import registry
-    from rtdmd.evaluation import scorer_record
-    from rtdmd.rewards.combine import build_reward_set
-    from rtdmd.train.parallel import resolve_device
-    from rtdmd.train.runs import load_run
-
     read = check_runs(request.runs)
     config = read[0][0]
     world = registry.builder("world", config.world.kind)(config.world)
@@ -413,7 +402,7 @@ def make_table(request: TableRequest) -> dict[str, Any]:
     summaries: dict[str, dict] = {}
     request.out.mkdir(parents=True, exist_ok=True)
     for i, column in enumerate(generator_columns(request.runs, read)):
-        loaded = load_run(Path(column.extra["run"]), device)
+        loaded = train_runs.load_run(Path(column.extra["run"]), device)
         column = replace(column, extra={**column.extra, "checkpoint_step": loaded.step})
         backbone = loaded.components.backbone
         if i == 0:  # the teacher: the first run's backbone with its adapters off

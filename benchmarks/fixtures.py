@@ -105,7 +105,7 @@ def run_config(root: Path, size: Size, *, distill: dict | None = None, align: di
     return {
         "world": {"kind": "prompts", "train": str(prompts)},
         "backbone": backbone,
-        "reward": {"kind": "clipscore", "path": str(clip_folder(root.parent / "clip"))},
+        "reward": {"kind": "clipscore", "path": str(clip_folder(root.parent / "clip")), "architecture": "config"},
         "preset": preset,
         "distill": {"iterations": 10, "batch_size": 4, "fake_update_ratio": 10, "checkpoint_every": 0,
                     "log_every": 1, **(distill or {})},

@@ -4,7 +4,7 @@ The generator runs as after stage 2 (its frozen stage-1 adapter plus the stage-2
 adapters, as evaluation during training does, and folded into the weights, as ``rtdmd generate`` runs it (the
 arithmetic of the merged export in stock diffusers). The teacher runs its
 ODE (η = 0) with CFG, 28 steps of one batched ``[uncond; cond]`` forward each. Each call makes the sampling loop of
-``rtdmd.sample.sample`` (initial noise, model calls, CPS steps, per-sample step noise), without the VAE decode (the
+``rtdmd.app.sampling.sample`` (initial noise, model calls, CPS steps, per-sample step noise), without the VAE decode (the
 same for both). Ratio of model calls: 28 x 2 (CFG) / 4 = 14.
 """
 

@@ -439,7 +439,7 @@ def generation_section(report: Report, root: Path, sizes: dict[str, list[int]], 
     report.add(f"""
 ## 4. Generation
 
-`rtdmd.sample.sample` (initial noise, model calls, CPS steps; no VAE decode): the 4-step generator after stage 2
+`rtdmd.app.sampling.sample` (initial noise, model calls, CPS steps; no VAE decode): the 4-step generator after stage 2
 (frozen stage-1 adapter + stage-2 adapter, eta 0.9) folded into the weights as `rtdmd generate` runs it (the
 arithmetic of the `rtdmd export` folder in stock diffusers) and with live adapters as evaluation during training
 runs it, and the teacher's 28-step ODE with CFG (one batched `[uncond; cond]` forward

@@ -1,7 +1,7 @@
 """A diffusers scheduler for the few-step generator: CPS steps on the generator's levels (spec sections 2-3).
 
-With a stock pipeline, a generator LoRA exported by :mod:`rtdmd.export` and this scheduler, the pipeline produces
-the images of ``rtdmd.sample.sample(backbone, "generator", ...)`` + ``backbone.decode`` for the same seeds::
+With a stock pipeline, a generator LoRA exported by :mod:`rtdmd.app.export` and this scheduler, the pipeline produces
+the images of ``rtdmd.app.sampling.sample(backbone, "generator", ...)`` + ``backbone.decode`` for the same seeds::
 
     pipe.scheduler = CPSScheduler.from_pretrained(export_dir, subfolder="scheduler")
     generators = [torch.Generator().manual_seed(s) for s in seeds]   # one per image

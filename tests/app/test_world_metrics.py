@@ -1,4 +1,4 @@
-"""The demo's evaluation helpers (rtdmd.worlds.evaluate): timed sampling reproduces the untimed samples, per-seed
+"""The demo's evaluation helpers (rtdmd.app.world_metrics): timed sampling reproduces the untimed samples, per-seed
 summaries, and the standard error against hand-computed values."""
 
 import math

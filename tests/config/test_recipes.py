@@ -37,3 +37,22 @@ def test_recipe_parses_with_the_published_numbers(path):
     assert (cfg.backbone.height, cfg.backbone.rank, cfg.backbone.alpha) == (side, 32, 64)
     assert cfg.run.dtype == "bf16" and distill.batch_size == 72 and distill.iterations == 15000
     assert distill.eta == align.eta == 0.9 and cfg.preset == "paper" and align.log_prob == "simplified"
+    # Prompts (spec 5.8 and issue 16): Pick-a-Pic for stage 1, generated GenEval-style prompts for stage 2,
+    # GenEval's test set held out.
+    assert (cfg.world.train, cfg.world.align_train, cfg.world.eval) == (
+        "benchmark:pickapic_sfw/train", "generated:geneval?num=50000&seed=0", "benchmark:geneval")
+
+
+def test_recipe_prompt_sets_pass_preflight(tmp_path, monkeypatch):
+    """The recipes' world, checked as a launch checks it before any model loads: every set fetched (through the
+    mirror of the shared folder), verified, parsed or generated."""
+    from rtdmd import registry
+    from rtdmd.data import fetch
+    from tests.shared_data import shared_dir
+
+    monkeypatch.setenv(fetch.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(fetch.MIRROR_ENV, str(shared_dir() / "datasets"))
+    cfg = config.load_config("recipes/sd3m")
+    cfg.world.preflight(cfg)
+    world = registry.builder("world", "prompts")(cfg.world)
+    assert [len(world.prompts(s)) for s in ("train", "align", "eval")] == [15471, 50000, 553]

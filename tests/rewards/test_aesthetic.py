@@ -7,6 +7,8 @@ from rtdmd.errors import UserError
 from rtdmd.rewards.aesthetic import MLP_STEM, AestheticConfig, build_aesthetic, mlp_from_state_dict
 from tests.rewards.test_clip_common import smooth_images
 
+TINY = {"architecture": "config"}  # the tiny CLIP and MLP of these tests are not the published models
+
 
 def mlp_state(dims=(24, 16, 8, 4, 1), seed=0):
     """Linear layers at the published indices 0, 2, 4, 6 (dropouts in between hold no weights) and 7."""
@@ -34,7 +36,7 @@ def test_aesthetic_is_mlp_of_normalised_clip_embedding(tmp_path, clip_folder, su
         from safetensors.torch import save_file
 
         save_file(state, str(tmp_path / f"{MLP_STEM}.safetensors"))
-    reward = build_aesthetic(AestheticConfig(path=str(tmp_path), clip_path=str(clip_folder)))
+    reward = build_aesthetic(AestheticConfig(path=str(tmp_path), clip_path=str(clip_folder), **TINY))
     images = (smooth_images(2, 32, 32, seed=11) * 255).round() / 255
     from transformers import CLIPImageProcessor, CLIPModel
 
@@ -57,7 +59,7 @@ def test_mlp_file_is_checked(tmp_path, clip_folder):
                              "layers.2.weight": torch.zeros(1, 5), "layers.2.bias": torch.zeros(1)})
     torch.save(mlp_state(dims=(768, 16, 1)), tmp_path / f"{MLP_STEM}.pth")
     with pytest.raises(UserError, match="768-d embeddings"):
-        build_aesthetic(AestheticConfig(path=str(tmp_path), clip_path=str(clip_folder)))
+        build_aesthetic(AestheticConfig(path=str(tmp_path), clip_path=str(clip_folder), **TINY))
 
 
 def test_missing_files(tmp_path, monkeypatch):
@@ -73,7 +75,7 @@ def test_shares_the_clip_model_with_clipscore(tmp_path, clip_folder):
     from rtdmd.rewards.clipscore import ClipScoreConfig, build_clipscore
 
     torch.save(mlp_state(), tmp_path / f"{MLP_STEM}.pth")
-    aesthetic = build_aesthetic(AestheticConfig(path=str(tmp_path), clip_path=str(clip_folder)))
-    clipscore = build_clipscore(ClipScoreConfig(path=str(clip_folder)))
+    aesthetic = build_aesthetic(AestheticConfig(path=str(tmp_path), clip_path=str(clip_folder), **TINY))
+    clipscore = build_clipscore(ClipScoreConfig(path=str(clip_folder), **TINY))
     assert aesthetic.embedder.model is clipscore.embedder.model
-    assert build_clipscore(ClipScoreConfig(path=str(clip_folder), dtype="bf16")).embedder.model is not clipscore.embedder.model
+    assert build_clipscore(ClipScoreConfig(path=str(clip_folder), dtype="bf16", **TINY)).embedder.model is not clipscore.embedder.model

@@ -12,6 +12,7 @@ from rtdmd.rewards.clipscore import ClipScoreConfig, build_clipscore
 from rtdmd.rewards.pickscore import PickScoreConfig, build_pickscore
 from tests.rewards.test_clip_common import smooth_images
 
+TINY = {"architecture": "config"}  # the tiny CLIP of these tests is not the published model
 PROMPTS = ["a red cat", "the dog", "a red cat"]
 
 
@@ -34,7 +35,7 @@ def official(folder, images: torch.Tensor, prompts):
 
 @pytest.fixture(scope="module")
 def clipscore(clip_folder):
-    return build_clipscore(ClipScoreConfig(path=str(clip_folder)))
+    return build_clipscore(ClipScoreConfig(path=str(clip_folder), **TINY))
 
 
 def test_clipscore_is_the_cosine_of_the_official_path(clip_folder, clipscore):
@@ -57,7 +58,7 @@ def test_clipscore_close_to_official_path_after_resize(clip_folder, clipscore):
 
 
 def test_pickscore_is_scaled_cosine(clip_folder):
-    reward = build_pickscore(PickScoreConfig(path=str(clip_folder)))
+    reward = build_pickscore(PickScoreConfig(path=str(clip_folder), **TINY))
     images = (smooth_images(3, 32, 32, seed=8) * 255).round() / 255
     cos, logits = official(clip_folder, images, PROMPTS)
     with torch.no_grad():
@@ -70,7 +71,7 @@ def test_pickscore_is_scaled_cosine(clip_folder):
 def test_gradient_reaches_pixels_finite_difference(clip_folder):
     from transformers import CLIPModel
 
-    built = build_clipscore(ClipScoreConfig(path=str(clip_folder)))
+    built = build_clipscore(ClipScoreConfig(path=str(clip_folder), **TINY))
     # A private float64 copy of the model (the built one is shared through the loader's cache), so that
     # central differences are exact to ~1e-10.
     model = CLIPModel.from_pretrained(str(clip_folder)).double().eval().requires_grad_(False)
@@ -107,7 +108,7 @@ def test_built_through_registry_from_root(clip_folder, monkeypatch):
     link = clip_folder.parent / "clipscore"
     if not link.exists():
         link.symlink_to(clip_folder)
-    cfg = strict.build(registry.config_class("reward", "clipscore"), {"kind": "clipscore"}, "rewards[0]")
+    cfg = strict.build(registry.config_class("reward", "clipscore"), {"kind": "clipscore", **TINY}, "rewards[0]")
     reward = registry.builder("reward", "clipscore")(cfg, world=None, device="cpu")
     assert reward.differentiable
     with pytest.raises(Exception, match="unknown config key 'rewards\\[0\\].pth'"):

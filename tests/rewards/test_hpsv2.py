@@ -13,7 +13,7 @@ from tests.rewards import openclip_reference as ref
 from tests.rewards.test_clip_common import smooth_images
 
 PROMPTS = ["a red cat", "of the dog dog", "a photo of the cat"]
-HEADS = dict(vision_heads=2, text_heads=2)
+HEADS = dict(vision_heads=2, text_heads=2, architecture="config")  # a tiny model, not the published one
 
 
 def normalise(pixels: torch.Tensor) -> torch.Tensor:

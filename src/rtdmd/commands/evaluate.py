@@ -4,6 +4,9 @@
 - Image models: generate every prompt of a prompt set for ``--num`` seeds, score with the rewards, and write
   PNGs, per-image ``scores.jsonl`` and ``summary.json`` with the protocol into ``--out DIR``
   (:mod:`rtdmd.app.evaluation`).
+- The paper's table: ``--benchmark NAME`` (repeatable) with one or more ``--run``: the teacher and every run's
+  generator on the named prompt sets, as ``table.md``, ``table.json`` and ``index.html`` in ``--out DIR``
+  (:mod:`rtdmd.app.benchmark_table`).
 """
 
 from __future__ import annotations
@@ -45,6 +48,14 @@ def _sampler(config, stage, components, args):
 
 
 def evaluate_command(args) -> int:
+    if args.benchmark:
+        from rtdmd.app.benchmark_table import table_command
+
+        return table_command(args)
+    if len(args.run or ()) > 1 or args.cfg is not None or args.limit is not None:
+        raise UserError("several --run, --cfg and --limit belong to the comparison table: name its prompt sets "
+                        "with --benchmark")
+    args.run = args.run[0] if args.run else None
     if (args.run is None) == (args.config is None):
         raise UserError("give exactly one of --run RUN_DIR or --config CONFIG")
     if (args.num is not None and args.num < 1) or args.teacher_steps < 1:
@@ -101,7 +112,8 @@ def _image_world(args, config, stage, step, components) -> int:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate a trained run (or a teacher) on its world or a prompt set")
-    p.add_argument("--run", type=Path, default=None, help="run directory of 'rtdmd distill' or 'rtdmd align'")
+    p.add_argument("--run", type=Path, action="append", default=None,
+                   help="run directory of 'rtdmd distill' or 'rtdmd align' (repeatable with --benchmark)")
     p.add_argument("--config", default=None, help="instead of --run: a config whose teacher to evaluate")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", type=Path, default=None, help="vector worlds: JSON file (default: print); images: DIR")
@@ -112,7 +124,14 @@ def add_parser(sub) -> None:
     p.add_argument("--prompts", type=Path, default=None, help="images: a .txt or .jsonl prompt set "
                                                                "(default: the world's held-out prompts)")
     p.add_argument("--reward", action="append", default=None, metavar="KIND",
-                   help="images: score with these reward kinds instead of the run's rewards (repeatable)")
+                   help="images: score with these reward kinds instead of the run's rewards (repeatable); the "
+                        "table also takes NAME=KIND, NAME matching a paper metric (clipscore, geneval, ...)")
     p.add_argument("--teacher-steps", type=int, default=50)
+    p.add_argument("--benchmark", action="append", default=None, metavar="NAME",
+                   help="the comparison table: a registered prompt set (rtdmd prompts list), 'world', or a prompt "
+                        "file; repeatable; the teacher and each --run's generator become columns")
+    p.add_argument("--cfg", type=float, default=None, help="table: the teacher's guidance (default: the config's)")
+    p.add_argument("--limit", type=int, default=None, help="table: only the first N prompts of each set")
+    p.add_argument("--grid", type=int, default=4, help="table: prompts shown per set in index.html")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=evaluate_command)

@@ -29,6 +29,10 @@ from rtdmd.rewards import clip_common as cc
 from rtdmd.rewards import clipscore
 
 MLP_STEM = "sac+logos+ava1-l14-linearMSE"
+# The published head's layers: index in ``layers`` (Dropouts between them hold no weights) -> (out, in).
+MLP_LAYERS = {0: (1024, 768), 2: (128, 1024), 4: (64, 128), 6: (16, 64), 7: (1, 16)}
+MLP_SHAPES = {f"layers.{i}.{p}": shape if p == "weight" else shape[:1] for i, shape in MLP_LAYERS.items()
+              for p in ("weight", "bias")}
 MLP_NEED = cc.Need("LAION aesthetic MLP", (f"{MLP_STEM}.pth", f"{MLP_STEM}.safetensors"),
                    "github.com/christophschuhmann/improved-aesthetic-predictor (mirror: "
                    "huggingface.co/camenduru/improved-aesthetic-predictor)",
@@ -42,6 +46,7 @@ class AestheticConfig:
     clip_path: str | None = None  # folder of CLIP ViT-L/14; default $RTDMD_REWARDS_ROOT/clipscore
     allow_download: bool = False
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # of the CLIP model; the MLP runs in fp32
+    architecture: cc.Architecture = "published"  # published: the MLP's and CLIP ViT-L/14's shapes (clip_common)
 
     def __post_init__(self):
         check(self.path is None or bool(self.path.strip()), "path must be a folder or left unset")
@@ -57,6 +62,12 @@ def load_state_dict(file: Path) -> dict[str, Tensor]:
     if not isinstance(state, Mapping):
         raise UserError(f"{file} does not hold a state dict")
     return dict(state)
+
+
+def check_published(state: Mapping[str, Tensor], file: Path) -> None:
+    """The state dict has the key names and shapes of the published head (768-1024-128-64-16-1)."""
+    cc.check_shapes({k: v.shape for k, v in state.items()}, MLP_SHAPES, f"reward 'aesthetic': {file} is not the "
+                    "published LAION head (768-1024-128-64-16-1)", "re-download it (or set architecture: config)")
 
 
 def mlp_from_state_dict(state: Mapping[str, Tensor]) -> nn.Sequential:
@@ -116,8 +127,11 @@ def locate_files(cfg: AestheticConfig) -> tuple[Path, Path]:
 def build_aesthetic(cfg: AestheticConfig, *, world=None, device="cpu") -> AestheticReward:
     folder, clip_folder = locate_files(cfg)
     file = next(folder / n for n in MLP_NEED.names if (folder / n).is_file())
-    mlp = mlp_from_state_dict(load_state_dict(file)).to(device)
-    embedder = clipscore.load_embedder(clip_folder, device, torch_dtype(cfg.dtype))
+    state = load_state_dict(file)
+    if cfg.architecture == "published":
+        check_published(state, file)
+    mlp = mlp_from_state_dict(state).to(device)
+    embedder = clipscore.load_embedder(clip_folder, device, torch_dtype(cfg.dtype), cfg.architecture, "aesthetic")
     dim = embedder.model.config.projection_dim
     if mlp[0].in_features != dim:
         raise UserError(f"the aesthetic MLP takes {mlp[0].in_features}-d embeddings but the CLIP model in "

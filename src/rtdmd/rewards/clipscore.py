@@ -7,7 +7,8 @@ CLIP ViT-L/14 (``exp(logit_scale) = 100``). We neither multiply by 100 nor clamp
 is never cut at 0.
 
 Files (``path`` or ``$RTDMD_REWARDS_ROOT/clipscore/``): the transformers folder of ``openai/clip-vit-large-patch14``
-(``config.json``, ``model.safetensors``, tokenizer files, ``preprocessor_config.json``).
+(``config.json``, ``model.safetensors``, tokenizer files, ``preprocessor_config.json``). Before loading, the
+weights' key names and shapes are checked against the published ViT-L/14 (``architecture: published``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class ClipScoreConfig:
     path: str | None = None  # folder of the CLIP model; default $RTDMD_REWARDS_ROOT/clipscore
     allow_download: bool = False  # fetch missing files from the Hugging Face Hub into that folder
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    architecture: cc.Architecture = "published"  # published: the weights must be CLIP ViT-L/14's (clip_common)
 
     def __post_init__(self):
         check(self.path is None or bool(self.path.strip()), "path must be a folder or left unset")
@@ -50,7 +52,9 @@ def locate_files(cfg: ClipScoreConfig) -> Path:
     return cc.locate("clipscore", cc.reward_folder("clipscore", cfg.path), NEEDS, cfg.allow_download)
 
 
-def load_embedder(folder, device, dtype) -> cc.ClipEmbedder:
+def load_embedder(folder, device, dtype, architecture: cc.Architecture, kind: str = "clipscore") -> cc.ClipEmbedder:
+    """CLIP ViT-L/14's embedder, its weights checked first (``architecture``, :mod:`~rtdmd.rewards.clip_common`)."""
+    cc.check_clip_folder(folder, kind, cc.VIT_L_14 if architecture == "published" else None)
     model = cc.load_clip_model(folder, device, dtype)
     preprocess = cc.ClipPreprocess.from_folder(folder, model.config.vision_config.image_size)
     return cc.ClipEmbedder(model, cc.load_tokenizer(folder), preprocess)
@@ -58,7 +62,7 @@ def load_embedder(folder, device, dtype) -> cc.ClipEmbedder:
 
 def build_clipscore(cfg: ClipScoreConfig, *, world=None, device="cpu") -> cc.ClipCosine:
     folder = locate_files(cfg)
-    embedder = load_embedder(folder, device, torch_dtype(cfg.dtype))
+    embedder = load_embedder(folder, device, torch_dtype(cfg.dtype), cfg.architecture)
     info = cc.ScorerInfo("clipscore", "cos(CLIP image embedding, CLIP text embedding), raw (no x100, no clamp)",
                          tuple(cc.weight_files(folder)))
     return cc.ClipCosine(embedder, info)

@@ -33,7 +33,8 @@ transformers ``nn.Linear`` weights)::
 
 ``attn_mask`` (OpenCLIP's stored causal mask) is dropped: transformers builds the same mask. A ``module.``
 prefix (a DDP-saved checkpoint) is stripped. Any other key is an error, so another architecture never loads
-silently. Equivalences the mapping relies on: OpenCLIP pools the text at ``argmax(token ids)`` (the end-of-text
+silently; with ``architecture: published`` (the default) the mapped shapes must also be the published ViT-H/14's.
+Equivalences the mapping relies on: OpenCLIP pools the text at ``argmax(token ids)`` (the end-of-text
 token has the largest id) and transformers at the first end-of-text token: the same position; OpenCLIP
 applies ``ln_post`` to all tokens then takes token 0, transformers takes token 0 then applies it.
 
@@ -105,9 +106,15 @@ class HPSv2Config:
     vision_heads: int = 16  # ViT-H/14 (not visible in the tensor shapes)
     text_heads: int = 16
     hidden_act: Literal["gelu", "quick_gelu"] = "gelu"
+    architecture: cc.Architecture = "published"  # published: the checkpoint must be OpenCLIP ViT-H/14's
 
     def __post_init__(self):
         check(self.vision_heads >= 1 and self.text_heads >= 1, "vision_heads and text_heads must be >= 1")
+        published = cc.VIT_H_14
+        check(self.architecture == "config" or (self.vision_heads, self.text_heads, self.hidden_act) == (
+              published.vision_heads, published.text_heads, published.hidden_act),
+              f"vision_heads, text_heads and hidden_act must be {published.name}'s ({published.vision_heads}, "
+              f"{published.text_heads}, {published.hidden_act}): set architecture: config for another checkpoint")
         check(bool(self.checkpoint.strip()), "checkpoint must name a file")
 
     def preflight(self, config=None) -> None:
@@ -193,6 +200,13 @@ def load_checkpoint(file: Path) -> dict[str, Tensor]:
     return {k: v for k, v in state.items() if isinstance(v, Tensor)}
 
 
+def check_published(state: Mapping[str, Tensor], file: Path) -> None:
+    """The checkpoint's tensors, renamed, have the key names and shapes of the published ViT-H/14."""
+    cc.check_shapes({k: v.shape for k, v in openclip_to_transformers(state).items()}, cc.VIT_H_14.shapes(),
+                    f"reward 'hpsv2': {file} is not an {cc.VIT_H_14.name} checkpoint",
+                    f"download {file.name} of {HPS_REPO} (or set architecture: config)")
+
+
 def clip_from_openclip(state: Mapping[str, Tensor], config, dtype: torch.dtype):
     """A frozen transformers ``CLIPModel`` holding exactly the checkpoint's tensors (every key accounted for)."""
     from transformers import CLIPModel
@@ -220,6 +234,8 @@ def build_hpsv2(cfg: HPSv2Config, *, world=None, device="cpu") -> cc.ClipCosine:
     folder, tokenizer_folder = locate_files(cfg)
     tokenizer = cc.load_tokenizer(tokenizer_folder)
     state = load_checkpoint(folder / cfg.checkpoint)
+    if cfg.architecture == "published":
+        check_published(state, folder / cfg.checkpoint)
     ids = {"eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id,
            "pad_token_id": tokenizer.pad_token_id}
     config = clip_config(state, vision_heads=cfg.vision_heads, text_heads=cfg.text_heads,

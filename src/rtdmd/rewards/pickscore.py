@@ -7,7 +7,8 @@ this score.
 
 Files (``path`` or ``$RTDMD_REWARDS_ROOT/pickscore/``): ``config.json`` and ``model.safetensors`` of
 ``yuvalkirstain/PickScore_v1``, plus the tokenizer files and ``preprocessor_config.json`` of its processor
-``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` (in the same folder, or in ``processor_path``).
+``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` (in the same folder, or in ``processor_path``). Before loading, the
+weights' key names and shapes are checked against the published ViT-H/14 (``architecture: published``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class PickScoreConfig:
     processor_path: str | None = None  # folder of the tokenizer + preprocessor config; default: path
     allow_download: bool = False
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    architecture: cc.Architecture = "published"  # published: the weights must be CLIP-H/14's (clip_common)
 
     def __post_init__(self):
         check(self.path is None or bool(self.path.strip()), "path must be a folder or left unset")
@@ -61,6 +63,7 @@ def locate_files(cfg: PickScoreConfig) -> tuple[Path, Path]:
 
 def build_pickscore(cfg: PickScoreConfig, *, world=None, device="cpu") -> cc.ClipCosine:
     folder, processor = locate_files(cfg)
+    cc.check_clip_folder(folder, "pickscore", cc.VIT_H_14 if cfg.architecture == "published" else None)
     model = cc.load_clip_model(folder, device, torch_dtype(cfg.dtype))
     preprocess = cc.ClipPreprocess.from_folder(processor, model.config.vision_config.image_size)
     embedder = cc.ClipEmbedder(model, cc.load_tokenizer(processor), preprocess)

@@ -50,7 +50,7 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
     session = Session(config, STAGE, run_dir, resume=resume, evaluate=evaluate,
                       info={"from": str(Path(from_dir).resolve())})
     backbone, dist, rewards = session.backbone, session.dist, session.rewards
-    prompts = session.world.prompts("train")
+    prompts = session.world.prompts("align")
     sigmas = backbone.generator_sigmas(cfg.step_list)
     objective = objectives.stage2(cfg, config.beta, rewards)
     teacher, generator, fake = backbone.role("teacher"), backbone.role("generator"), backbone.role("fake")

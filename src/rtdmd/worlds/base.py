@@ -26,7 +26,8 @@ class World(Protocol):
     """A teacher folder the world ships (a backbone with an empty ``path`` loads it), or None."""
 
     def prompts(self, split: str) -> PromptSet:
-        """The ``"train"`` or ``"eval"`` (held-out) prompt set, with metadata."""
+        """The ``"train"`` (stage 1), ``"align"`` (stage 2's training prompts: the train set unless the world has
+        its own) or ``"eval"`` (held-out) prompt set, with metadata."""
 
     def evaluate(self, samples: Mapping[str, Tensor], rewards: RewardSet, beta: float,
                  seed: int = 0) -> dict[str, Any]:

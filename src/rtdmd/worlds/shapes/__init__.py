@@ -9,11 +9,11 @@ three rewards (:mod:`.rewards`): ``shapes_clip`` and ``shapes_pref`` (learned, d
 The world's contract with trainers and the demo:
 
 - ``prompts(split)`` -> :class:`~rtdmd.data.prompts.PromptSet` (texts + GenEval metadata), ``split`` in
-  ``("train", "eval")``; ``eval`` is held out (a third of every tag).
+  ``("train", "eval")``; ``eval`` is held out (a third of every tag); ``align`` (stage 2's prompts) is ``train``.
 - ``metrics(images, prompt_set)`` -> flat ``dict[str, float]``: oracle accuracy (``accuracy`` = mean of the
   per-tag accuracies ``accuracy/<tag>``), image statistics and within-prompt diversity.
 - ``evaluate(samples, rewards, beta, seed)`` -> ``{"summary", "prompts"}``: the worlds' common evaluation
-  contract (:mod:`rtdmd.worlds.evaluate`): ``metrics`` of all samples plus the run's reward components, and
+  contract (:mod:`rtdmd.app.world_metrics`): ``metrics`` of all samples plus the run's reward components, and
   per prompt its oracle accuracy, rewards and diversity.
 - ``teacher_path`` / ``max_sequence_length`` / ``image_size`` / ``teacher_guidance``: what an SD3 backbone needs
   to load and sample the teacher (the guidance scale is the one the measurement phase of
@@ -82,6 +82,8 @@ class ShapesWorld:
         return float(json.loads(metrics.read_text())["cfg"])
 
     def prompts(self, split: str) -> PromptSet:
+        if split == "align":  # stage 2 trains on the same prompts as stage 1 in this world
+            split = "train"
         if split not in SPLITS:
             raise UserError(f"unknown prompt split {split!r} of the shapes world: use 'train' or 'eval'")
         if split not in self._cache:

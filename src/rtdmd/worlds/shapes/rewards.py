@@ -12,6 +12,7 @@ The learned ones are read from safetensors (shipped in ``assets/shapes/rewards/`
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,9 +55,17 @@ class LearnedReward:
 
     differentiable = True
 
-    def __init__(self, net: torch.nn.Module, device: torch.device):
+    def __init__(self, net: torch.nn.Module, device: torch.device, kind: str = "", weights: Path | None = None):
         self.net = net.to(device)
         self.device = device
+        self.kind = kind
+        self.weights = weights
+
+    def info(self) -> dict[str, Any]:
+        """What an evaluation protocol records: the kind and the sha256 of the weights file."""
+        files = [] if self.weights is None else [self.weights]
+        return {"kind": self.kind, "definition": "learned reward of the shapes world",
+                "weights_sha256": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}}
 
     def __call__(self, images: Tensor, prompts: Sequence[str],
                  metadata: Sequence[Mapping[str, Any]] | None = None) -> Tensor:
@@ -69,7 +78,6 @@ class OracleReward:
 
     def __call__(self, images: Tensor, prompts: Sequence[str],
                  metadata: Sequence[Mapping[str, Any]] | None = None) -> Tensor:
-
         _check_images(images)
         if metadata is None or len(metadata) != len(images) or not all("include" in m for m in metadata):
             raise UserError("the shapes_oracle reward needs GenEval metadata (tag, include) for every prompt: "
@@ -77,22 +85,29 @@ class OracleReward:
         verdicts = oracle.score(images.detach().float().cpu().numpy(), metadata)
         return torch.as_tensor(verdicts, dtype=torch.float32, device=images.device)
 
+    def info(self) -> dict[str, Any]:
+        return {"kind": "shapes_oracle", "definition": "the shapes world's pixel oracle (no weights)"}
 
-def _load(weights: str, default: str, device) -> torch.nn.Module:
 
+def _weights_file(weights: str, default: str) -> Path:
     path = Path(weights) if weights else ASSETS / "rewards" / default
     if not path.is_file():
         raise UserError(f"reward weights {path} not found: give a .safetensors file written by "
                         "scripts/train_world.py (or leave 'weights' empty for the shipped one)")
-    return nets.load(path, device)
+    return path
+
+
+def _learned(kind: str, weights: str, default: str, device) -> LearnedReward:
+    path = _weights_file(weights, default)
+    return LearnedReward(nets.load(path, device), torch.device(device), kind, path)
 
 
 def build_clip(cfg: ShapesCLIPConfig, *, world=None, device="cpu") -> LearnedReward:
-    return LearnedReward(_load(cfg.weights, "clip.safetensors", device), torch.device(device))
+    return _learned("shapes_clip", cfg.weights, "clip.safetensors", device)
 
 
 def build_pref(cfg: ShapesPrefConfig, *, world=None, device="cpu") -> LearnedReward:
-    return LearnedReward(_load(cfg.weights, "pref.safetensors", device), torch.device(device))
+    return _learned("shapes_pref", cfg.weights, "pref.safetensors", device)
 
 
 def build_oracle(cfg: ShapesOracleConfig, *, world=None, device="cpu") -> OracleReward:

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
+from rtdmd.app.runs import load_run
+from rtdmd.app.world_metrics import evaluate_role
 from rtdmd.cli import main
 from tests.tiny import TINY
 
@@ -57,7 +59,12 @@ def test_evaluate_writes_metrics(runs, tmp_path):
     assert main(["evaluate", "--run", str(runs / "s1"), "--out", str(out), "--num", "50"]) == 0
     metrics = json.loads(out.read_text())
     assert metrics["stage"] == "distill" and set(metrics["prompts"]) == {"left", "right", "any"}
-    assert metrics["summary"]["ed_teacher"] >= 0
+    # the run's EMA generator at its last checkpoint, evaluated as the library does it (same seed and size)
+    loaded = load_run(runs / "s1")
+    direct = evaluate_role(loaded.components, loaded.config, num=50)["summary"]
+    assert metrics["summary"] == pytest.approx(direct, rel=1e-9)
+    teacher = evaluate_role(loaded.components, loaded.config, num=50, role="teacher")["summary"]
+    assert metrics["summary"]["ed_teacher"] != pytest.approx(teacher["ed_teacher"])  # not the teacher's samples
 
 
 @pytest.mark.parametrize("args, message", [

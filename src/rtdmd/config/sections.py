@@ -121,6 +121,9 @@ class AlignConfig:
     # tau ~ U[10, 1000) clamped to [20, 980]; (lo, hi) draws t ~ U[lo, hi].
     dm_sigma_range: tuple[float, float] | None = None
     dm_backprop: Literal["last_step", "full"] | None = None  # DM gradient through the last step or all steps
+    # dm_loss score: conjugate-gradient iterations that undo the level-t shrinkage of the data-level score
+    # difference through the teacher denoiser's Jacobian (0: off); exact for Gaussian components at any t.
+    dm_deconvolution: int = 0
     bp_loss: Literal["hinge", "linear"] | None = None  # hinge: max(0, margin - r); linear: -r / beta
     bp_weight: float | None = None
     bp_margin: float = 3.0
@@ -156,6 +159,7 @@ class AlignConfig:
             check(0 < lo < hi < 1, f"dm_sigma_range must satisfy 0 < lo < hi < 1, got {[lo, hi]}")
         check(self.fake_update_ratio >= 1, "fake_update_ratio must be >= 1")
         check(self.fake_consistency_gamma >= 0, "fake_consistency_gamma must be >= 0")
+        check(self.dm_deconvolution >= 0, f"dm_deconvolution must be >= 0 (0: off), got {self.dm_deconvolution}")
         check(0 <= self.ema_decay < 1 and self.ema_every >= 1, "ema_decay in [0, 1) and ema_every >= 1")
         check(self.checkpoint_every >= 0 and self.log_every >= 1, "checkpoint_every >= 0 and log_every >= 1")
 

@@ -6,6 +6,8 @@ Every loss returns a per-sample tensor ``(B,)``; the training loop reduces it (m
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -54,6 +56,40 @@ def score_difference_gradient(v_fake: Tensor, v_teacher: Tensor, t: Tensor | flo
     """
     t = expand_like(t, v_fake)
     return (-(1 - t) ** 2 / t * (v_fake.float() - v_teacher.float())).detach()
+
+
+def conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, iters: int) -> Tensor:
+    """Solve ``A y = b`` for every sample by ``iters`` conjugate-gradient iterations, ``A`` symmetric positive
+    definite per sample, given as ``apply(u) = A u``. Shape: ``b (B, ...)``; ``A`` acts on each sample alone."""
+    def dot(a: Tensor, c: Tensor) -> Tensor:
+        return (a * c).flatten(1).sum(1)
+
+    y, r = torch.zeros_like(b), b.clone()
+    p, rs = r.clone(), dot(r, r)
+    for _ in range(iters):
+        ap = apply(p)
+        alpha = torch.where(rs > 0, rs / dot(p, ap), torch.zeros_like(rs))
+        y, r = y + expand_like(alpha, p) * p, r - expand_like(alpha, ap) * ap
+        rs_next = dot(r, r)
+        p = r + expand_like(torch.where(rs > 0, rs_next / rs, torch.zeros_like(rs)), p) * p
+        rs = rs_next
+    return y
+
+
+def deconvolve_score_difference(g: Tensor, denoiser_jvp: Callable[[Tensor], Tensor], t: Tensor | float,
+                                iters: int) -> Tensor:
+    """The data-level score difference ``s_F(x) - s_T(x)`` from its level-``t`` estimate ``g`` (spec section 1).
+
+    For Gaussian laws of equal covariance, ``g = (1 - t) E_n[(s_F,t - s_T,t)(x_t)] = (I + t^2 H_t) (s_F - s_T)(x)``
+    with ``H_t`` the level-``t`` score Hessian: the level-``t`` term shrinks each direction of variance ``lambda``
+    by ``lambda / (lambda + t^2 / (1 - t)^2)``, which moves the fixed point of DM + reward away from p~. And
+    ``I + t^2 H_t = (1 - t) J_D`` with ``J_D = d D(x_t) / d x_t`` the Jacobian of the denoiser
+    ``D(x_t) = x_t - t v(x_t, t)`` (Tweedie), so ``s_F - s_T = J_D^-1 g / (1 - t)``: exact for Gaussian components
+    of equal covariance at any ``t``; for other laws a bias of order ``t^2`` times the curvature mismatch.
+
+    ``denoiser_jvp(u) = J_D u`` (the teacher's); ``iters`` CG iterations solve the system. Shape: ``g (B, ...)``.
+    """
+    return conjugate_gradient(denoiser_jvp, g, iters) / (1 - expand_like(t, g))
 
 
 def surrogate_loss(x: Tensor, g: Tensor) -> Tensor:

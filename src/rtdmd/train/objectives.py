@@ -145,16 +145,32 @@ class DMDLoss:
 @dataclass(frozen=True)
 class ScoreDMLoss:
     """The unnormalised data-level DM term of the ``exact`` weighting on clean samples (spec section 1):
-    back-propagates ``(1 - t)(s_F - s_T)(x_t)``, an estimate of ``grad_x KL(p_theta || p_T)``, into ``x``."""
+    back-propagates ``(1 - t)(s_F - s_T)(x_t)``, an estimate of ``grad_x KL(p_theta || p_T)``, into ``x``. With
+    ``deconvolution`` conjugate-gradient iterations, the level-``t`` shrinkage of that estimate is undone through
+    the teacher denoiser's Jacobian (:func:`rtdmd.functional.dmd.deconvolve_score_difference`)."""
 
     levels: RenoiseLevels
+    deconvolution: int = 0
 
     def __call__(self, teacher: Velocity, fake: Velocity, cond: Cond, x: Tensor, s: float, draw: Draw) -> Losses:
         t = self.levels(draw.rand("gen_t"), 0.0)
         x_t = flow.interpolate(x.detach(), draw.randn("gen_n"), t)
         with torch.no_grad():
-            v_teacher, v_fake = teacher(x_t, t, cond), fake(x_t, t, cond)
-        g = dmd.score_difference_gradient(v_fake, v_teacher, t)
+            v_fake = fake(x_t, t, cond)
+        if not self.deconvolution:
+            with torch.no_grad():
+                g = dmd.score_difference_gradient(v_fake, teacher(x_t, t, cond), t)
+        else:
+            x_in = x_t.detach().requires_grad_(True)
+            with torch.enable_grad():
+                v_teacher = teacher(x_in, t, cond)
+            g = dmd.score_difference_gradient(v_fake, v_teacher.detach(), t)
+
+            def denoiser_jvp(u: Tensor) -> Tensor:  # J_D u = u - t J_v u (J_v symmetric for a true velocity)
+                (jv,) = torch.autograd.grad(v_teacher, x_in, grad_outputs=u.to(v_teacher.dtype), retain_graph=True)
+                return u - flow.expand_like(t, u) * jv.float()
+
+            g = dmd.deconvolve_score_difference(g, denoiser_jvp, t, self.deconvolution).detach()
         return dmd.surrogate_loss(x, g), {"dm_grad_norm": g.flatten(1).norm(dim=1).mean().item()}
 
 
@@ -252,7 +268,7 @@ def stage2(cfg: AlignConfig, beta: float, rewards: RewardSet) -> Stage2Objective
     if cfg.dm_loss == "dmd":
         dm = DMDLoss(cfg.eta, levels)
     else:
-        dm = ScoreDMLoss(RenoiseLevels(sigma_range=cfg.dm_sigma_range or EXACT_DM_SIGMA_RANGE))
+        dm = ScoreDMLoss(RenoiseLevels(sigma_range=cfg.dm_sigma_range or EXACT_DM_SIGMA_RANGE), cfg.dm_deconvolution)
     bp_loss = BP_LOSSES[cfg.bp_loss]
     bp = RewardBP(rewards, lambda r: bp_loss(r, cfg, beta)) if cfg.bp and rewards.differentiable else None
     advantage = ADVANTAGES[cfg.advantages]

@@ -31,6 +31,9 @@ def test_recipe_parses_with_the_published_numbers(path):
     assert align.generator.lr == 3e-6 and align.generator.weight_decay == 1e-4
     assert align.fake.lr == (3e-5 if path.stem.startswith("sd3") else 1e-6)
     assert align.group_size == (16 if path.stem == "sd3m" else 24)
+    # Samples per optimiser step (spec 5.8): GPUs x per-GPU batch x 16 sampling rounds.
+    published = {"sd3m": 16 * 2, "sd35m": 8 * 9, "flux1_dev": 32 * 3, "flux2_klein_4b": 16 * 6, "flux2_klein_9b": 32 * 3}
+    assert align.samples_per_iteration * align.sampling_rounds == published[path.stem] * 16
     assert align.fake_consistency_gamma == (0.0 if path.stem in ("flux1_dev", "flux2_klein_9b") else 0.01)
     assert cfg.backbone.teacher_guidance == {"sd3m": 7.0, "sd35m": 4.5, "flux1_dev": 3.5}.get(path.stem, 4.0)
     side = 1024 if path.stem == "sd3m" else 512

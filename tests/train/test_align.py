@@ -75,18 +75,18 @@ EXACT = dict(dm=False, log_prob="gaussian", advantages="exact", step_weighting="
              dm_weight=1.0, dm_backprop="last_step")
 
 
-def reward_gradient_estimates(gen, rewards, beta, cfg, iterations=300, rollout_means=None):
+def reward_gradient_estimates(gen, rewards, beta, cfg, iterations=300, rollout_means=None, seed=0):
     """``iterations`` independent estimates of ``grad E[r] / beta`` from stage 2's generator terms (minus the loss
     gradient), one rollout of 16 groups of 8 each; ``rollout_means`` may alter the recorded transition means (the
-    rollout's numerics) before the update."""
+    rollout's numerics) before the update. (Also the estimator study of studies/estimator_variance.py.)"""
     objective = objectives.stage2(cfg, beta, rewards)
     groups, k = 16, 8
     indices = list(range(groups * k))
     cond = {"dummy": torch.zeros(len(indices), 1)}
     estimates = []
     for it in range(iterations):
-        streams = Streams(it)
-        trained = grpo.choose_step_subset(3, 2, streams.generator("subset", it))
+        streams = Streams(seed * 100_003 + it)
+        trained = grpo.choose_step_subset(3, cfg.subset_size, streams.generator("subset", it))
         draw = Draw(streams, it, indices, (1,), gen.device)
         traj = group_rollout(gen.velocity, cond, draw, k, SIGMAS, ETA, trained)
         if rollout_means is not None:

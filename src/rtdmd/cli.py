@@ -9,6 +9,7 @@ import os
 import sys
 
 from rtdmd.errors import UserError
+from rtdmd.train.lock import release_all
 from rtdmd.train.signals import Stopped
 
 COMMANDS = [
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rtdmd: error: {_rank_tag()}cannot access{where} ({err.strerror or err}): free space, fix the "
               "permissions or choose another path", file=sys.stderr)
         return 2
+    finally:
+        release_all()  # a run that ended in an error gives its run directory up before the command returns
 
 
 if __name__ == "__main__":

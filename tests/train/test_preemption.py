@@ -118,6 +118,7 @@ def test_sigkill_while_writing_a_checkpoint_resumes_from_the_last_complete_one(c
 
     code, out, err = finish(start([*args, "--resume"]))
     assert code == 0, err
+    assert "which is no longer running; taking it over" in out  # the lock the killed process left
     assert "step_00000002 (step 2)" in out and "stage 1 finished" in out
     assert not list(root.glob(".tmp_*"))  # the half-written checkpoint was cleared
     assert logged_steps(run) == [1, 2, 3, 4, 5, 6]

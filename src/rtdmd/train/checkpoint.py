@@ -20,6 +20,7 @@ Only rank 0 writes, and only while it owns the run directory (:mod:`rtdmd.train.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -237,9 +239,19 @@ def save_checkpoint(root: Path, step: int, tensors: Mapping[str, Tensor], state:
     return final
 
 
-def _write_files(tmp: Path, step: int, tensors: Mapping[str, Tensor], state: Mapping[str, Any]) -> None:
+def _save_tensors(tensors: Mapping[str, Tensor], path: Path) -> None:
+    """safetensors' writer, whose I/O failures (a full disk) are its own exception type: made an OSError."""
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    save_file(contiguous, str(tmp / TENSORS))
+    try:
+        save_file(contiguous, str(path))
+    except SafetensorError as err:
+        code = re.search(r"os error (\d+)", str(err))
+        number = int(code.group(1)) if code else errno.EIO
+        raise OSError(number, os.strerror(number), str(path)) from None
+
+
+def _write_files(tmp: Path, step: int, tensors: Mapping[str, Tensor], state: Mapping[str, Any]) -> None:
+    _save_tensors(tensors, tmp / TENSORS)
     with open(tmp / TENSORS, "rb+") as f:
         os.fsync(f.fileno())
     _fsync_write(tmp / STATE, json.dumps(state, indent=1, sort_keys=True).encode())

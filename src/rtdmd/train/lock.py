@@ -201,8 +201,9 @@ class RunLock:
 
 
 @atexit.register
-def _release_all() -> None:
-    """At interpreter exit (an error that ended the command, sys.exit): every lock this process still holds."""
+def release_all() -> None:
+    """Every lock this process still holds: at interpreter exit, and when a command ends (an error that ended a
+    run before its end released it)."""
     for lock in list(_HELD.values()):
         lock.release()
 
@@ -212,8 +213,10 @@ def _flock(fd: int, blocking: bool) -> None:
 
 
 def _command() -> str:
-    text = " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))
-    return text if len(text) <= 200 else text[:197] + "..."
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    program = "rtdmd" if program in ("cli.py", "__main__.py") else program  # python -m rtdmd.cli
+    text = " ".join([program, *sys.argv[1:]])
+    return text if len(text) <= 400 else text[:397] + "..."
 
 
 def holder_if_running(run_dir: Path) -> dict[str, Any] | None:

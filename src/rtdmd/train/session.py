@@ -49,7 +49,9 @@ class Session:
         self.lock = RunLock(self.run_dir) if self.dist.is_main else None
         self.saved_step: int | None = None
         try:
-            self.checkpoint = on_every_rank(self.dist, lambda: self._own(resume, dict(info or {})))
+            on_every_rank(self.dist, self._own)  # first: rank 0's lock, so that a refusal reads the same everywhere
+            self.checkpoint = on_every_rank(self.dist, lambda: prepare_run_dir(
+                self.run_dir, config, stage, resume, self.dist.is_main, dict(info or {})))
             self.parts = build_components(config, self.device)
         except BaseException:
             self.release()
@@ -61,12 +63,11 @@ class Session:
         self.postfix: tuple[str, str] = ("", "")
         self.last: dict[str, Any] = {}
 
-    def _own(self, resume: bool, info: dict[str, Any]) -> Path | None:
-        """Lock the run directory (rank 0), then check and prepare it."""
+    def _own(self) -> None:
+        """Lock the run directory (rank 0 only: it alone writes there)."""
         check_run_dir_path(self.run_dir)
         if self.lock is not None:
             self.lock.acquire()
-        return prepare_run_dir(self.run_dir, self.config, self.stage, resume, self.dist.is_main, info)
 
     def release(self) -> None:
         """Give the run directory up (also done at interpreter exit, for runs that end in an error)."""

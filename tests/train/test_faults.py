@@ -466,6 +466,28 @@ def test_user_error_type_of_the_checks():
         checkpoint_module.parse_checkpoint_name("step_x")
 
 
+# -- point 8: messages that name the key, the value and the fix ---------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["{tmp}"], "config '{tmp}' is a directory, not a YAML file: give the config file itself"),
+    (["{s1}"], "(this run directory's own is {s1}/config.yaml)"),
+    (["{cfg}", "--set", "distill.log_every=0"],
+     "distill.checkpoint_every >= 0 and log_every >= 1 (given: distill.checkpoint_every = 0, distill.log_every = 0)"),
+    (["{cfg}", "--set", "backbone.kind=sd3"], "--set backbone.kind=sd3 switches backbone from kind 'mlp' to 'sd3', "
+     "but the section keeps the keys of 'mlp' (hidden, depth, fit_steps, fit_batch, fit_points), which 'sd3' does "
+     "not have: write a config whose backbone section is one for 'sd3'"),
+    (["{cfg}", "--set", "reward.kind=clipscore"], "switches rewards.0 from kind 'linear' to 'clipscore'"),
+    (["{cfg}", "--set", "preset=paper", "--set", "preset=exact"],
+     "--set preset is given twice ('preset=paper', then 'preset=exact'): give each key once"),
+    (["{cfg}", "--set", "distill.generator={{lr: 1.0}}", "--set", "distill.generator.lr=2"],
+     "set the same key (distill.generator holds the other): give one of them"),
+])
+def test_configuration_messages(runs, capsys, no_model, args, message):
+    fill = {"tmp": runs, "s1": runs / "s1", "cfg": runs / "tiny.yaml"}
+    code, _, err = cli(capsys, "distill", *(a.format(**fill) for a in args), "--out", runs / "x")
+    assert code == 2 and message.format(**fill) in one_line(err) and not (runs / "x").exists()
+
+
 # -- the same on a real small disk (a tmpfs; needs root, as in the CI container; skipped elsewhere) ----------------
 
 @contextmanager

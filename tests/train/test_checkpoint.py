@@ -45,7 +45,6 @@ def test_half_written_checkpoint_is_ignored(tmp_path):
     # a crash after the files but before the manifest leaves a temporary directory; the step folder appears only
     # by the rename of a complete one
     (tmp_path / ".tmp_step_00000002_123").mkdir()
-    (tmp_path / "LATEST").write_text("step_00000002")
     assert latest_checkpoint(tmp_path).name == "step_00000001"
     clean_leftovers(tmp_path)  # what the next owner of the run directory does
     assert not list(tmp_path.glob(".tmp*"))

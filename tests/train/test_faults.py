@@ -536,3 +536,13 @@ def test_a_real_full_disk_and_a_real_read_only_mount(base, tmp_path, capsys):
         assert code == 2 and "cannot write to" in one_line(err) and "(Read-only file system)" in err
         code, _, err = cli(capsys, "distill", base / "tiny.yaml", "--out", read_only / "run")
         assert code == 2 and "cannot create the run directory" in one_line(err) and "Read-only" in err
+
+
+def test_a_newest_checkpoint_removed_by_hand_is_not_replaced_silently(runs, capsys):
+    shutil.rmtree(step_dir(runs / "s1", 6))  # LATEST still names it
+    code, _, err = cli(capsys, "generate", "--run", runs / "s1", "--out", runs / "g")
+    line = one_line(err)
+    assert code == 2 and "LATEST names step_00000006, which is missing (removed?)" in line
+    assert "the newest checkpoint present is step_00000004: pass --checkpoint step_00000004 to use it" in line
+    code, _, err = cli(capsys, "distill", runs / "tiny.yaml", "--out", runs / "s1", "--resume")
+    assert code == 2 and "write step_00000004 into" in one_line(err)

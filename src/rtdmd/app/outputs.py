@@ -35,6 +35,9 @@ def check_output_file(path: Path, *, option: str = "--out") -> Path:
 
 
 def _probe(folder: Path, option: str) -> None:
+    above = next((p for p in [folder, *folder.parents] if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UserError(f"{option}: {above} is a file, so nothing can be written under it: choose another {option}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=folder, prefix=".rtdmd_probe_")

@@ -8,7 +8,8 @@ either the previous or the new checkpoint complete, never a half-written ``step_
 folder that fails its manifest was damaged afterwards (a flipped bit, a truncated copy, a deleted file).
 
 Selection never guesses (:func:`select_checkpoint`): the newest ``step_*`` folder is the checkpoint of a run; if
-it is damaged that is an error naming it and the intact older ones, which can be asked for by name. Pruning keeps
+it is damaged, or ``LATEST`` names a newer one that is gone, that is an error naming it and the intact older
+ones, which can be asked for by name. Pruning keeps
 the newest ``keep`` *complete* checkpoints; it never deletes the one just written, a newer one, or a damaged one.
 
 The hash of a checkpoint (:func:`checkpoint_digest`) is the sha256 of its manifest, which holds the sha256 of
@@ -177,10 +178,27 @@ def select_checkpoint(root: Path, name: str | int | None = None, option: str | N
         return None
     else:
         chosen = dirs[-1]
+        _check_latest(root, chosen, option)
     trouble = problem(chosen)
     if trouble is not None:
         raise UserError(f"checkpoint {chosen} is damaged ({trouble}); {_intact_note(root, step_of(chosen), option)}")
     return chosen
+
+
+def _check_latest(root: Path, newest: Path, option: str | None) -> None:
+    """``LATEST`` may lag one checkpoint behind (a crash between the rename and its update) but never ahead: if
+    it names a newer step than any folder, that folder was removed, and the newest present is not the run's."""
+    try:
+        named = (root / LATEST).read_text().strip()
+    except OSError:
+        return
+    step = step_of(Path(named))
+    if step is None or step <= step_of(newest):
+        return
+    how = (f"pass {option} {newest.name} to use it" if option else
+           f"write {newest.name} into {root / LATEST} to continue from it")
+    raise UserError(f"{root / LATEST} names {named}, which is missing (removed?); the newest checkpoint present is "
+                    f"{newest.name}: {how}")
 
 
 def latest_checkpoint(root: Path) -> Path | None:

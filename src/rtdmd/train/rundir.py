@@ -76,6 +76,12 @@ def prepare_run_dir(run_dir: Path, config: Config, stage: str, resume: bool, is_
 def check_run_dir_path(run_dir: Path) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir} is a file, not a run directory: choose another --out")
+    for name in ("checkpoints", "config.yaml", "run.json", "metrics.jsonl"):
+        path = run_dir / name
+        if path.exists() and path.is_dir() != (name == "checkpoints"):
+            kind = "folder" if path.is_dir() else "file"
+            raise UserError(f"{path} is a {kind}, which a run directory never holds there: remove it or choose "
+                            "another --out")
 
 
 def _fresh(run_dir: Path) -> None:

@@ -546,3 +546,10 @@ def test_a_newest_checkpoint_removed_by_hand_is_not_replaced_silently(runs, caps
     assert "the newest checkpoint present is step_00000004: pass --checkpoint step_00000004 to use it" in line
     code, _, err = cli(capsys, "distill", runs / "tiny.yaml", "--out", runs / "s1", "--resume")
     assert code == 2 and "write step_00000004 into" in one_line(err)
+
+
+def test_an_explicitly_chosen_damaged_checkpoint_names_the_intact_newest(runs, capsys):
+    flip(step_dir(runs / "s1", 4) / "tensors.safetensors")
+    code, _, err = cli(capsys, "generate", "--run", runs / "s1", "--checkpoint", "step_4", "--out", runs / "g")
+    assert code == 2 and "step_00000004 is damaged" in one_line(err)
+    assert "the newest intact one is step_00000006: pass --checkpoint step_00000006 to use it" in err

@@ -151,10 +151,10 @@ def parse_checkpoint_name(name: str) -> int:
     return int(match.group(1))
 
 
-def _intact_note(root: Path, below: int | None, option: str | None) -> str:
-    """The choices left when a checkpoint is damaged: the newest intact one before it, or none."""
-    older = [p for p in reversed(checkpoint_dirs(root)) if below is None or step_of(p) < below]
-    intact = next((p for p in older if is_complete(p)), None)
+def _intact_note(root: Path, damaged: Path, option: str | None) -> str:
+    """The choices left when a checkpoint is damaged: the newest intact other one, or none."""
+    others = [p for p in reversed(checkpoint_dirs(root)) if p.name != damaged.name]
+    intact = next((p for p in others if is_complete(p)), None)
     if intact is None:
         return f"no intact checkpoint is left in {root}: restore it from a copy of the run"
     how = (f"pass {option} {intact.name} to use it" if option else
@@ -181,7 +181,7 @@ def select_checkpoint(root: Path, name: str | int | None = None, option: str | N
         _check_latest(root, chosen, option)
     trouble = problem(chosen)
     if trouble is not None:
-        raise UserError(f"checkpoint {chosen} is damaged ({trouble}); {_intact_note(root, step_of(chosen), option)}")
+        raise UserError(f"checkpoint {chosen} is damaged ({trouble}); {_intact_note(root, chosen, option)}")
     return chosen
 
 

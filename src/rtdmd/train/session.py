@@ -25,7 +25,7 @@ from rtdmd.train.components import Components, build_components
 from rtdmd.train.lock import RunLock
 from rtdmd.train.logging import MetricsLogger, progress
 from rtdmd.train.monitor import NonFiniteGuard
-from rtdmd.train.parallel import Dist, distribute, init_distributed, reshard
+from rtdmd.train.parallel import Dist, distribute, init_distributed, reshard, shutdown
 from rtdmd.train.rundir import check_run_dir_path, mark_finished, prepare_run_dir, stage_fingerprint
 from rtdmd.train.signals import StopRequest
 from rtdmd.train.state import TrainedRole, TrainState
@@ -189,6 +189,8 @@ def on_every_rank(dist: Dist, action: Callable[[], T]) -> T:
     failed = float(error is not None)
     if dist.active:
         failed = dist.all_reduce_sum(torch.tensor([failed], device=dist.device)).item()
+        if failed:
+            shutdown()  # every rank stops here: leave the group cleanly (no abort at exit)
     if error is not None:
         raise error
     if failed:

@@ -14,7 +14,7 @@ ROOT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix=
 shutil.rmtree(ROOT, ignore_errors=True); ROOT.mkdir(parents=True)
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]), "OMP_NUM_THREADS": "1"}
 PY = sys.executable
-CFG = ROOT / "tiny.yaml"; CFG.write_text(yaml.safe_dump(TINY))
+CFG = ROOT / "tiny.yaml"; CFG.write_text(yaml.safe_dump(TINY, sort_keys=False))
 results = []
 
 def cli(*args, wait=True, **kw):

@@ -4,9 +4,9 @@ A :class:`Session` joins the process group, takes ownership of the run directory
 holds the lock for the whole job, every rank agrees that it got it), prepares the run directory (or finds the
 checkpoint to resume), builds the components (world, backbone, rewards), creates the
 :class:`~rtdmd.train.state.TrainState` (and restores it), and then serves the loop's visible bookkeeping lines:
-:meth:`Session.log`,
-:meth:`Session.evaluate` (the EMA generator, through the caller's hook), :meth:`Session.save` (a checkpoint),
-:meth:`Session.check_finite` and :meth:`Session.finish`.
+:meth:`Session.log`, :meth:`Session.evaluate` (the EMA generator, through the caller's hook), :meth:`Session.save`
+(a checkpoint), :meth:`Session.check_finite` and :meth:`Session.finish` (which records whether the run finished
+and gives the run directory up).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Vector worlds write ``OUT/samples.npz`` (``x`` [N * prompts, d], ``prompt``, ``seed``, and where they came from:
 ``run``, ``stage``, ``step``, ``checkpoint``, ``checkpoint_sha256``); image models write one PNG per sample (its
 ``rtdmd`` text chunk holds the same record as JSON) and ``OUT/metadata.jsonl`` (prompt, seed, file, steps, eta,
-and the record). ``--out`` must be new or empty, checked before the model loads. The newest checkpoint is used, or ``--checkpoint step_N``."""
+and the record). ``--out`` must be new or empty, checked before the model loads. The newest checkpoint is used,
+or ``--checkpoint step_N``."""
 
 from __future__ import annotations
 

@@ -198,8 +198,9 @@ def check_overrides(overrides: list[str] | tuple[str, ...]) -> None:
             if key == other_key:
                 raise ConfigError(f"--set {key} is given twice ({other!r}, then {item!r}): give each key once")
             if _overlap(key, other_key):
-                raise ConfigError(f"--set {other!r} and --set {item!r} set the same key ({min(key, other_key, key=len)} "
-                                  f"holds the other): give one of them")
+                outer = min(key, other_key, key=len)
+                raise ConfigError(f"--set {other!r} and --set {item!r} set the same key ({outer} holds the other): "
+                                  "give one of them")
         seen.append((key, item))
 
 

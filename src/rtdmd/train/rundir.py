@@ -69,7 +69,8 @@ def prepare_run_dir(run_dir: Path, config: Config, stage: str, resume: bool, is_
             write_atomic(run_dir / "config.yaml", dump_config(config).encode("utf-8"))
             write_atomic(run_dir / "run.json", json.dumps(record, indent=1).encode("utf-8"))
         except OSError as err:
-            raise UserError(f"cannot write the run directory {run_dir} ({err.strerror}): choose another --out") from None
+            raise UserError(f"cannot write the run directory {run_dir} ({err.strerror}): choose another "
+                            "--out") from None
     return checkpoint
 
 

@@ -14,13 +14,15 @@ from rtdmd.config import Config, load_config
 from rtdmd.train import align, distill
 from rtdmd.train.checkpoint import latest_checkpoint
 
-QUICK = ("distill.iterations=12", "align.iterations=6", "backbone.fit_steps=50", "backbone.fit_points=4000",
-         "run.eval_samples=200", "run.progress=false")
+QUICK = ("distill.iterations=8", "distill.batch_size=64", "align.iterations=4", "align.prompts_per_iteration=4",
+         "align.group_size=4", "backbone.fit_steps=20", "backbone.fit_points=2000", "backbone.hidden=32",
+         "run.eval_samples=100", "run.progress=false")
 FULL = ("run.progress=false",)
 
 
 def config(name: str, overrides: Sequence[str], seed: int, quick: bool) -> Config:
-    return load_config(name, [*(QUICK if quick else FULL), *overrides, f"run.seed={seed}"])
+    # a seed is the whole run: the students' initialisation and regression data as well as training's draws
+    return load_config(name, [*(QUICK if quick else FULL), *overrides, f"run.seed={seed}", f"backbone.seed={seed}"])
 
 
 def finished(run_dir: Path, iterations: int) -> bool:

@@ -35,12 +35,12 @@ def implied_beta(run_dir: Path, mean_reward: float) -> float:
         values = []
         for p in range(len(world.prompt_names)):
             mixture = world.tilted_mixture(p, rewards, beta)
-            x = mixture.sample(20000, torch.Generator().manual_seed(p))[0]
+            x = mixture.sample(8000, torch.Generator().manual_seed(p))[0]
             values.append(float(rewards.total(rewards.score(x.float(), [world.prompt_names[p]] * len(x))).mean()))
         return sum(values) / len(values)
 
     lo, hi = math.log(0.05), math.log(50.0)  # the tilted reward falls as beta grows
-    for _ in range(30):
+    for _ in range(16):  # log beta to within 2e-4
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if tilted_reward(math.exp(mid)) > mean_reward else (lo, mid)
     return math.exp((lo + hi) / 2)

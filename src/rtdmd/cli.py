@@ -9,6 +9,8 @@ import os
 import sys
 
 from rtdmd.errors import UserError
+from rtdmd.train.lock import release_all
+from rtdmd.train.signals import Stopped
 
 COMMANDS = [
     "rtdmd.commands.train",  # distill, align
@@ -50,9 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"rtdmd: error: {_rank_tag()}{' '.join(str(err).splitlines())}", file=sys.stderr)
         return 2
+    except Stopped as stop:  # a stage stopped by a signal (it said so, and that its checkpoint is written)
+        return stop.code
     except KeyboardInterrupt:
         print("rtdmd: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # the environment, not the code: a full disk, a read-only mount, a vanished file
+        where = f" {err.filename}" if err.filename else ""
+        print(f"rtdmd: error: {_rank_tag()}cannot access{where} ({err.strerror or err}): free space, fix the "
+              "permissions or choose another path", file=sys.stderr)
+        return 2
+    finally:
+        release_all()  # a run that ended in an error gives its run directory up before the command returns
 
 
 if __name__ == "__main__":

@@ -95,6 +95,8 @@ def test_the_table_end_to_end(runs, tmp_path, capsys):
     models = {m["name"]: m for m in table["protocol"]["models"]}
     assert (models["teacher"]["steps"], models["teacher"]["cfg"], models["teacher"]["eta"]) == (3, 2.5, 0.0)
     assert models["s2"]["extra"]["stage"] == "align" and models["s2"]["extra"]["checkpoint_step"] == 1
+    assert models["s2"]["extra"]["checkpoint"] == "step_00000001"
+    assert len(models["s2"]["extra"]["checkpoint_sha256"]) == 64
     assert [s["name"] for s in table["protocol"]["scorers"]] == ["geneval", "clipscore"]
     # Every model drew the same prompts with the same seeds.
     for name in ("geneval", "drawbench"):

@@ -14,7 +14,7 @@ import rtdmd.scheduler
 from rtdmd.app.sampling import seeded_generators
 from rtdmd.backbones.loading import load_pipeline
 from rtdmd.cli import main
-from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint
+from rtdmd.train.checkpoint import checkpoint_digest, latest_checkpoint, load_checkpoint
 from tests.backbones.conftest import CPU, FAMILIES, HW
 from tests.backbones.image_reward import registered
 
@@ -115,6 +115,13 @@ def test_generate_and_exports_reproduced_by_a_stock_pipeline(runs, folders, fami
         assert main(["export", "--run", str(root / "s2"), "--out", str(tmp_path / "merged")]) == 2  # not empty
     rows = [json.loads(line) for line in (tmp_path / "images" / "metadata.jsonl").read_text().splitlines()]
     ours = np.stack([np.asarray(Image.open(tmp_path / "images" / r["file"])) for r in rows])
+    # Every output names the checkpoint it came from: the metadata, each PNG's text chunk, both exports.
+    digest = checkpoint_digest(latest_checkpoint(root / "s2" / "checkpoints"))
+    assert all((r["stage"], r["step"], r["checkpoint_sha256"]) == ("align", 2, digest) for r in rows)
+    assert json.loads(Image.open(tmp_path / "images" / rows[0]["file"]).text["rtdmd"])["checkpoint_sha256"] == digest
+    for export in ("lora", "merged"):
+        record = json.loads((tmp_path / export / "rtdmd_export.json").read_text())
+        assert record["source"]["checkpoint_sha256"] == digest
 
     def stock(pipe):
         gens = seeded_generators([r["seed"] for r in rows])

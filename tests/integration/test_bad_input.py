@@ -62,8 +62,8 @@ def run(args, files, tmp_path):
     (["distill", "{cfg}", "--out", "{tmp}/x", "--set", "run.device=gpu"], {}, "run.device 'gpu' is not a torch device"),
     (["distill", "{root}/clip.yaml", "--out", "{tmp}/x"], {}, "reward 'clipscore': "),
     (["distill", "{cfg}", "--out", "{s1}", "--resume", "--set", "distill.eta=0.5"], {},
-     "comes from another configuration"),
-    (["distill", "{cfg}", "--out", "{s1}"], {}, "already holds checkpoints: pass --resume"),
+     "was trained with (distill.eta: 0.9 -> 0.5): resume with its own configuration"),
+    (["distill", "{cfg}", "--out", "{s1}"], {}, "already holds checkpoints (newest: step_00000006): pass --resume"),
     (["distill", "{cfg}", "--out", "{cfg}"], {}, "is a file, not a run directory"),
     (["distill", "{cfg}", "--out", "{tmp}/x", "--set", "world.components.5.cov=1"], {},
      "index 5 is out of range (the list has 2 entries)"),
@@ -94,12 +94,13 @@ def test_damaged_runs(files, tmp_path, capsys):
     damaged = tmp_path / "damaged"
     shutil.copytree(files / "s1", damaged)
     corrupt(damaged)
+    damage = "step_00000006 is damaged (tensors.safetensors does not match its sha256 in the manifest); no intact"
     assert run(["align", "{cfg}", "--from", damaged, "--out", "{tmp}/x"], files, tmp_path) == 2
-    assert "holds no complete checkpoint" in error_line(capsys)
+    assert damage in error_line(capsys)
     assert run(["generate", "--run", damaged, "--out", "{tmp}/g"], files, tmp_path) == 2
-    assert "holds no complete checkpoint yet" in error_line(capsys)
+    assert damage in error_line(capsys)
     assert run(["distill", "{cfg}", "--out", damaged, "--resume"], files, tmp_path) == 2
-    assert "holds no complete checkpoint; start afresh without --resume" in error_line(capsys)
+    assert "--resume: every checkpoint in" in error_line(capsys)
     (damaged / "config.yaml").write_text("world: [unclosed\n")
     assert run(["evaluate", "--run", damaged], files, tmp_path) == 2
     assert "holds a damaged config.yaml or run.json" in error_line(capsys)

@@ -1,11 +1,16 @@
-import json
 import os
 
 import pytest
 import torch
 
 from rtdmd.errors import UserError
-from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rtdmd.train.checkpoint import (
+    clean_leftovers,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    select_checkpoint,
+)
 
 
 def test_round_trip_and_latest(tmp_path):
@@ -20,26 +25,29 @@ def test_round_trip_and_latest(tmp_path):
     assert not list(tmp_path.glob(".tmp*"))
 
 
-def test_corrupted_newest_falls_back_to_previous(tmp_path):
+def test_damaged_newest_is_an_error_naming_the_intact_one(tmp_path):
     save_checkpoint(tmp_path, 1, {"w": torch.zeros(2)}, {"step": 1})
     newest = save_checkpoint(tmp_path, 2, {"w": torch.ones(2)}, {"step": 2})
     data = bytearray((newest / "tensors.safetensors").read_bytes())
     data[-1] ^= 0xFF
     (newest / "tensors.safetensors").write_bytes(bytes(data))
-    assert latest_checkpoint(tmp_path).name == "step_00000001"
-    with pytest.raises(UserError, match="incomplete or corrupted"):
+    with pytest.raises(UserError, match=r"step_00000002 is damaged \(tensors.safetensors does not match its sha256 "
+                                        r"in the manifest\); the newest intact one is step_00000001: pass "
+                                        r"--checkpoint step_00000001 to use it"):
+        latest_checkpoint(tmp_path)
+    assert select_checkpoint(tmp_path, "step_1").name == "step_00000001"  # asked for by name: fine
+    with pytest.raises(UserError, match="is damaged"):
         load_checkpoint(newest)
 
 
 def test_half_written_checkpoint_is_ignored(tmp_path):
     save_checkpoint(tmp_path, 1, {"w": torch.zeros(2)}, {"step": 1})
-    # a crash after the files but before the manifest: a temporary directory and a step dir without manifest
+    # a crash after the files but before the manifest leaves a temporary directory; the step folder appears only
+    # by the rename of a complete one
     (tmp_path / ".tmp_step_00000002_123").mkdir()
-    partial = tmp_path / "step_00000002"
-    partial.mkdir()
-    (partial / "state.json").write_text(json.dumps({"step": 2}))
-    (tmp_path / "LATEST").write_text("step_00000002")
     assert latest_checkpoint(tmp_path).name == "step_00000001"
+    clean_leftovers(tmp_path)  # what the next owner of the run directory does
+    assert not list(tmp_path.glob(".tmp*"))
 
 
 def test_keep_prunes_old(tmp_path):
@@ -74,5 +82,6 @@ def test_crash_during_save_leaves_the_newest_complete_checkpoint(tmp_path, monke
     tensors, state = load_checkpoint(latest)
     assert latest.name == f"step_{newest:08d}" and state["step"] == newest and tensors["w"][0] == newest
     monkeypatch.delenv(checkpoint.CRASH_HOOK)
+    clean_leftovers(tmp_path)  # the next owner of the run directory clears what the crashed save left
     save_checkpoint(tmp_path, 3, {"w": torch.full((3,), 3.0)}, {"step": 3})
     assert not list(tmp_path.glob(".tmp*")) and (tmp_path / "LATEST").read_text() == "step_00000003"

@@ -16,10 +16,13 @@ import signal
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
-from rtdmd.train.checkpoint import latest_checkpoint, load_checkpoint
-from tests.train.dist_worker import train
+from rtdmd.train.checkpoint import CRASH_HOOK, latest_checkpoint, load_checkpoint
+from rtdmd.train.lock import LOCK_FILE
+from tests.tiny import TINY
+from tests.train.dist_worker import DISTRIBUTED, train
 from tests.train.multiprocess import Job
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiprocess]
@@ -202,3 +205,23 @@ def test_fsdp_equals_ddp_on_a_lora_backbone(two, stage):
     assert_close(fsdp, ddp, atol=2e-5, rtol=0)
     assert max((ddp[k] - ddp[f"ema/{k.split('/', 1)[1]}"]).abs().max().item()
                for k in ddp if k.startswith("generator/")) > 1e-3
+
+
+def test_sigkill_of_rank0_while_writing_a_checkpoint_resumes_exactly(two, tmp_path):
+    # Two ranks through the command line; rank 0 (the only writer) is killed while checkpoint 4 is half written
+    # (rank 1 then fails in its next collective). The lock it held is stale: a two-rank --resume takes the run
+    # over and ends bit for bit where the uninterrupted two-process run ends (ddp/s1: the same config).
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))  # key order = prompt order
+    sets = [a for item in (*DISTRIBUTED, "run.parallel=ddp", "distill.checkpoint_every=2") for a in ("--set", item)]
+    args = ["-m", "rtdmd.cli", "distill", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "run"), *sets]
+    killed = Job(args, 2, tmp_path / "killed", env={CRASH_HOOK: "4"})
+    assert killed.wait(timeout=300)[0] == -signal.SIGKILL, killed.report()
+    assert (tmp_path / "run" / LOCK_FILE).exists()
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step_00000002"
+    resumed = Job([*args, "--resume"], 2, tmp_path / "resumed")
+    assert resumed.wait(timeout=300) == [0, 0], resumed.report()
+    assert "no longer running; taking it over" in resumed.output(0)
+    (full, _), (split, state) = final(two / "ddp" / "s1"), final(tmp_path / "run")
+    assert full.keys() == split.keys() and state["step"] == 6
+    for key in full:
+        assert torch.equal(full[key], split[key]), key

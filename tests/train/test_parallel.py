@@ -8,7 +8,7 @@ import torch
 from rtdmd.devices import resolve_device
 from rtdmd.errors import UserError
 from rtdmd.train.parallel import Dist, env_world_size, shard_backbone
-from rtdmd.train.signals import StopRequest, exit_code
+from rtdmd.train.signals import PREEMPTED, StopRequest, exit_code
 
 
 class TwoRanks(Dist):
@@ -37,7 +37,7 @@ def test_ranks_agree_to_stop_and_why(mine, other, agreed):
 
 
 def test_exit_codes():
-    assert (exit_code(None), exit_code(signal.SIGTERM), exit_code(signal.SIGINT)) == (0, 0, 130)
+    assert (exit_code(None), exit_code(signal.SIGTERM), exit_code(signal.SIGINT)) == (0, PREEMPTED, 130) == (0, 75, 130)
 
 
 def test_mean_metrics_averages_floats_only():

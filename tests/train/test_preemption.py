@@ -2,7 +2,8 @@
 
 - SIGKILL while a checkpoint is half written (a test hook in ``save_checkpoint`` makes the moment exact):
   ``--resume`` continues from the last complete checkpoint and ends where an uninterrupted run ends, bit for bit;
-- SIGTERM (exit 0) and Ctrl-C (exit 130) write a checkpoint after the current iteration; ``--resume`` continues.
+- SIGTERM (exit 75, ``PREEMPTED``) and Ctrl-C (exit 130) write a checkpoint after the current iteration, record
+  ``"finished": false`` and release the run directory; ``--resume`` continues.
 
 (Two processes where only one rank receives SIGTERM: test_distributed.py.)
 
@@ -23,6 +24,8 @@ import yaml
 
 from rtdmd.train import distill
 from rtdmd.train.checkpoint import CRASH_HOOK, LATEST, latest_checkpoint, load_checkpoint
+from rtdmd.train.lock import LOCK_FILE
+from rtdmd.train.signals import PREEMPTED
 from tests.tiny import TINY, tiny_config
 from tests.train.multiprocess import REPO, child_env
 
@@ -115,17 +118,18 @@ def test_sigkill_while_writing_a_checkpoint_resumes_from_the_last_complete_one(c
 
     code, out, err = finish(start([*args, "--resume"]))
     assert code == 0, err
+    assert "which is no longer running; taking it over" in out  # the lock the killed process left
     assert "step_00000002 (step 2)" in out and "stage 1 finished" in out
     assert not list(root.glob(".tmp_*"))  # the half-written checkpoint was cleared
     assert logged_steps(run) == [1, 2, 3, 4, 5, 6]
     assert_identical(tensors(run), uninterrupted(tmp_path / "uninterrupted"))
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, PREEMPTED), (signal.SIGINT, 130)])
 def test_signal_writes_a_checkpoint_and_resume_continues(config_file, tmp_path, signum, code):
     run = tmp_path / "run"
-    args = ["distill", config_file, "--out", run, "--set", "distill.iterations=100000"]
-    proc = start(args)
+    args = ["distill", config_file, "--out", run]
+    proc = start([*args, "--set", "distill.iterations=100000"])
     wait_for_step(run, 2, [proc])
     proc.send_signal(signum)
     returncode, out, err = finish(proc)
@@ -137,12 +141,16 @@ def test_signal_writes_a_checkpoint_and_resume_continues(config_file, tmp_path, 
     checkpoint = latest_checkpoint(run / "checkpoints")
     assert checkpoint.name == f"step_{stopped:08d}"
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["stopped_by_signal"] == name
+    record = json.loads((run / "run.json").read_text())
+    assert (record["finished"], record["stopped_by"], record["step"]) == (False, name, stopped)
+    assert not (run / LOCK_FILE).exists()  # released on the way out
     if signum != signal.SIGTERM:
         return  # the resume after a stop is the same path for both signals
     end = stopped + 2
     returncode, out, err = finish(start([*args, "--resume", "--set", f"distill.iterations={end}"]))
     assert returncode == 0, err
     assert logged_steps(run) == list(range(1, end + 1))
+    assert json.loads((run / "run.json").read_text())["finished"] is True
     assert_identical(tensors(run), uninterrupted(tmp_path / "uninterrupted", f"distill.iterations={end}"))
 
 

@@ -10,12 +10,13 @@ paper reports metrics, the rows are those metrics, computed by the scorers named
 other sets are scored by every scorer. A value is the mean over images (GenEval: the mean of its per-task means).
 
 Every model generates the same prompts with the same seeds (``--seed`` onwards, ``--num`` per prompt, else the
-set's own protocol: DrawBench 5, GenEval 4, others 1) through :func:`rtdmd.app.evaluation.evaluate`. Written to OUT:
+set's own protocol: DrawBench 5, GenEval 4, others 1) through :func:`rtdmd.app.evaluation.evaluate`. Written to
+OUT (new or empty, checked before any model loads):
 
     table.md       the table and the protocol
     table.json     models, rows (value, std and count per model) and the protocol: each set's source, sha256 and
-                   number of prompts, the seeds, steps, CFG and eta of each model, every scorer's name, kind
-                   and weight-file sha256
+                   number of prompts, the seeds, steps, CFG and eta of each model (a generator's run, stage,
+                   checkpoint and the checkpoint's sha256), every scorer's name, kind and weight-file sha256
     index.html     the table, the protocol and, per set, an image grid: a row per prompt (the first ``--grid``
                    prompts, first seed), a column per model
     <model>/<set>/ each evaluation's images/, scores.jsonl and summary.json
@@ -40,7 +41,8 @@ from PIL import Image
 
 from rtdmd import registry
 from rtdmd.app.evaluation import EvalProtocol, evaluate, prompt_set_digest, scorer_record
-from rtdmd.app.runs import load_run
+from rtdmd.app.outputs import check_output_dir
+from rtdmd.app.runs import load_run, open_run
 from rtdmd.app.sampling import sample_images
 from rtdmd.config import resolve_rewards
 from rtdmd.data import benchmarks
@@ -397,13 +399,16 @@ def make_table(request: TableRequest) -> dict[str, Any]:
     for eval_set in sets:  # every set has a scorer, before anything is generated
         scorers_for(eval_set, entries)
     seeds = {s.slug: tuple(range(request.seed, request.seed + (request.num or s.samples_per_prompt))) for s in sets}
+    refs = [open_run(Path(run)) for run in request.runs]  # every run's checkpoint checked before any model loads
+    check_output_dir(request.out)  # new or empty: two tables never mix their folders
     teacher = teacher_column(config, request.teacher_steps, request.cfg)
     columns = [teacher]
     summaries: dict[str, dict] = {}
-    request.out.mkdir(parents=True, exist_ok=True)
     for i, column in enumerate(generator_columns(request.runs, read)):
-        loaded = load_run(Path(column.extra["run"]), device)
-        column = replace(column, extra={**column.extra, "checkpoint_step": loaded.step})
+        loaded = load_run(refs[i], device)
+        column = replace(column, extra={**column.extra, "checkpoint_step": loaded.step,
+                                        "checkpoint": refs[i].checkpoint.name,
+                                        "checkpoint_sha256": refs[i].digest})
         backbone = loaded.components.backbone
         if i == 0:  # the teacher: the first run's backbone with its adapters off
             summaries[teacher.slug] = evaluate_column(sampler(backbone, teacher), teacher, sets, entries, seeds,

@@ -4,7 +4,8 @@
 evaluate`` wires it to a trained run or a backbone), a :class:`~rtdmd.data.prompts.PromptSet`, the rewards and
 the protocol, and writes into ``out_dir``:
 
-- ``images/<prompt index:05d>_<seed>.png``: every image (8-bit RGB);
+- ``images/<prompt index:05d>_<seed>.png``: every image (8-bit RGB; its ``rtdmd`` text chunk holds the prompt,
+  the seed and ``protocol.extra``: for a trained run, the run, stage, step, checkpoint and checkpoint hash);
 - ``scores.jsonl``: one line per image, ``{"index", "prompt", "seed", "file", "tag", "scores": {name: value}}``;
 - ``summary.json``: the protocol (prompt set path, sha256 and size, seeds, steps, CFG, resolution, anything in
   ``protocol.extra``), the scorers (name, weight, kind, definition, weight-file hashes), and per score the mean
@@ -27,6 +28,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from torch import Tensor
 
 from rtdmd.data.prompts import PromptSet
@@ -72,9 +74,15 @@ def quantise(images: Tensor) -> Tensor:
     return (images.clamp(0, 1) * 255).round() / 255
 
 
-def save_png(image: Tensor, file: Path) -> None:
+def save_png(image: Tensor, file: Path, record: Mapping[str, Any] | None = None) -> None:
+    """An 8-bit RGB PNG; ``record`` (prompt, seed, the run and checkpoint it came from) goes into its ``rtdmd``
+    text chunk as JSON."""
     pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    Image.fromarray(pixels, "RGB").save(file)
+    info = None
+    if record is not None:
+        info = PngInfo()
+        info.add_text("rtdmd", json.dumps(dict(record), default=str))
+    Image.fromarray(pixels, "RGB").save(file, pnginfo=info)
 
 
 def _check_images(images: Tensor, count: int, resolution: tuple[int, int] | None) -> Tensor:
@@ -128,7 +136,7 @@ def evaluate(generate: Generate, prompts: PromptSet, rewards: RewardSet | Sequen
                 scores = {e.name: e.reward(images, texts, metadata).detach().float().cpu() for e in entries}
             for j, (i, seed) in enumerate(batch):
                 file = f"images/{i:05d}_{seed}.png"
-                save_png(images[j], out / file)
+                save_png(images[j], out / file, {"prompt": texts[j], "seed": seed, **protocol.extra})
                 tag = metadata[j].get("tag") if isinstance(metadata[j].get("tag"), str) else None
                 tags.append(tag)
                 row = {name: float(s[j]) for name, s in scores.items()}

@@ -12,15 +12,18 @@
   ``from_pretrained``).
 
 Both work on a diffusers backbone object (``roles``, ``pipe``, ``generator_folder``, ``cps_scheduler_config``),
-so the ``rtdmd export`` command only loads a run and calls them.
+so the ``rtdmd export`` command only loads a run and calls them. Both refuse a folder that is not new or empty,
+and write ``rtdmd_export.json``: the base, the pipeline, the sampler, and under ``source`` the run, stage, step,
+checkpoint and checkpoint sha256 the weights came from.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -43,11 +46,24 @@ def cps_scheduler(backbone, eta: float = 0.9, step_list: Sequence[int] = DENOISI
                         **backbone.cps_scheduler_config())
 
 
+def _require_empty(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"export folder {out} is {'a file' if not out.is_dir() else 'not empty'}: choose a new --out "
+                        "folder")
+
+
+def export_record(backbone, eta: float, step_list: Sequence[int], provenance: Mapping[str, Any] | None) -> dict:
+    """``rtdmd_export.json``: the base model, the sampler, and the run and checkpoint the weights came from."""
+    return {"base": str(backbone.generator_folder), "pipeline": type(backbone.pipe).__name__, "eta": eta,
+            "denoising_step_list": list(step_list), "source": dict(provenance or {})}
+
+
 def export_lora(backbone, out_dir: str | Path, *, eta: float = 0.9,
-                step_list: Sequence[int] = DENOISING_STEP_LIST) -> Path:
-    """Write the generator's LoRA (diffusers format) and the CPS scheduler config to ``out_dir``."""
+                step_list: Sequence[int] = DENOISING_STEP_LIST, provenance: Mapping[str, Any] | None = None) -> Path:
+    """Write the generator's LoRA (diffusers format) and the CPS scheduler config to ``out_dir`` (new or empty)."""
     _require_diffusers_backbone(backbone)
     out = Path(out_dir)
+    _require_empty(out)
     tensors, rank = backbone.roles.combined_lora("generator")
     modules = sorted({k.rsplit(".lora_", 1)[0] for k in tensors})
     metadata = {"r": rank, "lora_alpha": rank, "target_modules": modules}
@@ -56,9 +72,8 @@ def export_lora(backbone, out_dir: str | Path, *, eta: float = 0.9,
         out, transformer_lora_layers={k: v.float().contiguous() for k, v in tensors.items()},
         transformer_lora_adapter_metadata=metadata, weight_name=LORA_FILE)
     cps_scheduler(backbone, eta, step_list).save_pretrained(out / "scheduler")
-    (out / "rtdmd_export.json").write_text(json.dumps(
-        {"base": str(backbone.generator_folder), "pipeline": type(backbone.pipe).__name__, "rank": rank,
-         "eta": eta, "denoising_step_list": list(step_list)}, indent=2))
+    record = {**export_record(backbone, eta, step_list, provenance), "rank": rank}
+    (out / "rtdmd_export.json").write_text(json.dumps(record, indent=2))
     return out
 
 
@@ -73,12 +88,12 @@ def merged_transformer(backbone):
 
 
 def export_merged(backbone, out_dir: str | Path, *, eta: float = 0.9,
-                  step_list: Sequence[int] = DENOISING_STEP_LIST) -> Path:
-    """Write a standalone diffusers folder: merged generator transformer, CPS scheduler, other components copied."""
+                  step_list: Sequence[int] = DENOISING_STEP_LIST, provenance: Mapping[str, Any] | None = None) -> Path:
+    """Write a standalone diffusers folder (new or empty): merged generator transformer, CPS scheduler, other
+    components copied, and ``rtdmd_export.json``."""
     _require_diffusers_backbone(backbone)
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"export folder {out} is not empty: choose a new --out folder")
+    _require_empty(out)
     source = Path(backbone.pipe.rtdmd_folder)
     index = json.loads((source / "model_index.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
@@ -91,4 +106,5 @@ def export_merged(backbone, out_dir: str | Path, *, eta: float = 0.9,
     cps_scheduler(backbone, eta, step_list).save_pretrained(out / "scheduler")
     index["scheduler"] = ["rtdmd.scheduler", "CPSScheduler"]
     (out / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    (out / "rtdmd_export.json").write_text(json.dumps(export_record(backbone, eta, step_list, provenance), indent=2))
     return out

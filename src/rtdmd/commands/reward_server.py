@@ -15,7 +15,7 @@ from rtdmd import registry
 from rtdmd.config import parse_override, strict
 from rtdmd.devices import resolve_device
 from rtdmd.errors import UserError
-from rtdmd.rewards.server import make_server
+from rtdmd.rewards import server
 
 
 def add_parser(subparsers) -> None:
@@ -29,6 +29,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--port", type=int, default=8765, help="port (0: any free port, printed at start-up)")
     parser.add_argument("--device", default="auto", help="torch device for the reward (auto: cuda if available)")
     parser.add_argument("--quiet", action="store_true", help="do not log each request")
+    parser.add_argument("--max-request-mb", type=float, default=server.MAX_BODY / 2**20,
+                        help="largest request body in MiB (larger ones get 413; default %(default)g)")
+    parser.add_argument("--timeout", type=float, default=server.TIMEOUT,
+                        help="seconds a stalled connection is kept (default %(default)g)")
+    parser.add_argument("--max-connections", type=int, default=server.MAX_CONNECTIONS,
+                        help="connections served at once; more get 503 (default %(default)d)")
     parser.set_defaults(func=run)
 
 
@@ -46,20 +52,27 @@ def build(kind: str, overrides: list[str], device: str):
 def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must lie in [0, 65535] (0: any free port), got {args.port}")
+    limits = {"--max-request-mb": args.max_request_mb, "--timeout": args.timeout,
+              "--max-connections": args.max_connections}
+    bad = next((k for k, v in limits.items() if not v > 0), None)
+    if bad is not None:
+        raise UserError(f"{bad} must be positive, got {limits[bad]}")
     device = str(resolve_device(args.device))
     reward, config = build(args.reward, args.set, device)
     try:
-        server = make_server(reward, name=args.name or args.reward, kind=args.reward, config=config,
-                             host=args.host, port=args.port, quiet=args.quiet)
+        serving = server.make_server(reward, name=args.name or args.reward, kind=args.reward, config=config,
+                                     host=args.host, port=args.port, quiet=args.quiet,
+                                     max_body=int(args.max_request_mb * 2**20), timeout=args.timeout,
+                                     max_connections=args.max_connections)
     except OSError as err:
         raise UserError(f"cannot listen on {args.host}:{args.port} ({err.strerror}): choose another --port") from None
-    host, port = server.server_address[:2]
+    host, port = serving.server_address[:2]
     print(f"rtdmd reward-server: serving reward '{args.reward}' on http://{host}:{port} "
           "(GET /info, POST /score)", flush=True)
     try:
-        server.serve_forever()
+        serving.serve_forever()
     except KeyboardInterrupt:
         print("rtdmd reward-server: stopped", file=sys.stderr)
     finally:
-        server.server_close()
+        serving.server_close()
     return 0

@@ -1,13 +1,16 @@
 """``rtdmd distill`` (stage 1) and ``rtdmd align`` (stage 2). Run them on several processes with
 ``torchrun --nproc_per_node N -m rtdmd.cli distill ...`` (``run.parallel``: ddp or fsdp).
 
-Exit codes: 0 when the stage finished, or when SIGTERM stopped it after writing a checkpoint (continue with
-``--resume``); 130 when Ctrl-C stopped it after writing a checkpoint; 2 for a user error (one line on stderr)."""
+Exit codes: 0 when the stage finished; 75 when SIGTERM (preemption) stopped it after writing a checkpoint
+(continue with ``--resume``); 130 when Ctrl-C stopped it after writing a checkpoint; 2 for a user error (one line
+on stderr); 143 when SIGTERM came before training started (nothing to save). ``RUN/run.json`` records
+``"finished"``."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 from pathlib import Path
 
 from rtdmd.app.world_metrics import evaluate_role
@@ -50,7 +53,20 @@ def _is_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _exit_on_sigterm() -> None:
+    """Until the training loop takes SIGTERM over (to finish the iteration and save), a SIGTERM ends the command
+    as an exception would, so that the run directory's lock is released on the way out."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (the command called from a library)
+        pass
+
+
 def distill(args) -> int:
+    _exit_on_sigterm()
     config = load_config(args.config, args.overrides)
     out = args.out or _default_out(args.config, "distill")
     result = stage1.run(config, out, resume=args.resume, evaluate=_world_evaluator(config))
@@ -59,9 +75,11 @@ def distill(args) -> int:
 
 
 def align(args) -> int:
+    _exit_on_sigterm()
     config = load_config(args.config, args.overrides)
     out = args.out or _default_out(args.config, "align")
-    result = stage2.run(config, out, args.from_dir, resume=args.resume, evaluate=_world_evaluator(config))
+    result = stage2.run(config, out, args.from_dir, resume=args.resume, evaluate=_world_evaluator(config),
+                        from_checkpoint=args.from_checkpoint, allow_unfinished=args.allow_unfinished)
     shutdown()  # only on success: after an error this process exits, and torchrun stops the others
     return _finish(result, "stage 2", out)
 
@@ -73,5 +91,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("align", help="stage 2: RTDMD reward-tilted fine-tuning of a stage-1 run")
     _common(p)
     p.add_argument("--from", dest="from_dir", type=Path, required=True, metavar="STAGE1_RUN_DIR",
-                   help="the run directory of 'rtdmd distill'")
+                   help="the run directory of 'rtdmd distill' (a finished one: see --allow-unfinished)")
+    p.add_argument("--from-checkpoint", default=None, metavar="step_N",
+                   help="start from this checkpoint of the --from run instead of its newest")
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="accept a --from run that did not finish (stopped by a signal or an error, or running)")
     p.set_defaults(func=align)

@@ -103,9 +103,10 @@ def resolve_rewards(entries: list[dict]) -> tuple[RewardEntry, ...]:
     return tuple(out)
 
 
-def resolve(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build a :class:`Config` from a raw dict plus ``key=value`` overrides, applying the preset's defaults."""
-    raw = copy.deepcopy(raw) if raw else {}
+KINDED = ("world", "backbone", "rewards.0")
+
+
+def _apply_overrides(raw: dict, overrides) -> dict:
     for item in overrides:
         key, value = parse_override(item)
         if key == "reward" or key.startswith("reward."):
@@ -113,6 +114,53 @@ def resolve(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
             if "reward" in raw:
                 raw["rewards"] = [raw.pop("reward")]
         _set_dotted(raw, key, value)
+    return raw
+
+
+def _kinds(raw: dict) -> dict[str, tuple[Any, list[str]]]:
+    """``section -> (kind, its other keys)`` for each kinded section of a raw config (``rewards.0``: the first
+    reward, also when given as ``reward``)."""
+    found = {}
+    rewards = raw.get("rewards") if "reward" not in raw else [raw["reward"]]
+    sections = {"world": raw.get("world"), "backbone": raw.get("backbone"),
+                "rewards.0": rewards[0] if isinstance(rewards, list) and rewards else None}
+    for section, node in sections.items():
+        if isinstance(node, dict) and "kind" in node:
+            found[section] = (node["kind"], [str(k) for k in node if k != "kind"])
+    return found
+
+
+def _explain_switch(err: ConfigError, before: dict, after: dict) -> ConfigError:
+    """An unknown key after ``--set SECTION.kind=NEW``: the key belongs to the section's old kind, so the closest
+    key of the new kind (what the plain message suggests) is beside the point."""
+    for section, (old, keys) in before.items():
+        new = after.get(section, (old, []))[0]
+        label = section.replace(".0", "[0]")
+        if new == old or f"unknown config key '{label}." not in str(err):
+            continue
+        return ConfigError(f"--set {section}.kind={new} switches {section} from kind '{old}' to '{new}', but the "
+                           f"section keeps the keys of '{old}' ({', '.join(keys)}), which '{new}' does not have: "
+                           f"write a config whose {section} section is one for '{new}' (see the shipped configs) "
+                           f"instead of switching its kind with --set")
+    return err
+
+
+def resolve(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a :class:`Config` from a raw dict plus ``key=value`` overrides, applying the preset's defaults."""
+    raw = copy.deepcopy(raw) if raw else {}
+    kinds = _kinds(raw)
+    try:
+        return _resolve(raw, overrides)
+    except ConfigError as err:
+        try:
+            after = _kinds(_apply_overrides(copy.deepcopy(raw), overrides))
+        except ConfigError:
+            raise err from None
+        raise _explain_switch(err, kinds, after) from None
+
+
+def _resolve(raw: dict, overrides) -> Config:
+    raw = _apply_overrides(copy.deepcopy(raw), overrides)
     preset = raw.get("preset", "paper")
     if preset not in PRESETS:
         raise ConfigError(f"preset: {preset!r} is not allowed{suggest(str(preset), PRESETS)}")
@@ -131,8 +179,39 @@ def resolve(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     return dataclasses.replace(strict.build(Config, {**raw, "rewards": []}, "", _resolver), rewards=rewards)
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config (a path, or the name of a shipped config such as ``gmm/default``)."""
+def _override_key(item: str) -> str:
+    """The dotted key an override sets, as :func:`resolve` applies it (``reward.x`` is ``rewards.0.x``)."""
+    key = parse_override(item)[0]
+    return "rewards.0" + key[len("reward"):] if key == "reward" or key.startswith("reward.") else key
+
+
+def _overlap(a: str, b: str) -> bool:
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def check_overrides(overrides: list[str] | tuple[str, ...]) -> None:
+    """A key given twice (or a key and a section holding it) is a mistake on the command line, not "last wins"."""
+    seen: list[tuple[str, str]] = []
+    for item in overrides:
+        key = _override_key(item)
+        for other_key, other in seen:
+            if key == other_key:
+                raise ConfigError(f"--set {key} is given twice ({other!r}, then {item!r}): give each key once")
+            if _overlap(key, other_key):
+                outer = min(key, other_key, key=len)
+                raise ConfigError(f"--set {other!r} and --set {item!r} set the same key ({outer} holds the other): "
+                                  "give one of them")
+        seen.append((key, item))
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                defaults: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (a path, or the name of a shipped config such as ``gmm/default``) with the ``key=value``
+    ``overrides`` of the command line (each key at most once). ``defaults`` (e.g. a demo's ``--quick`` settings)
+    apply first, and an override of the same key replaces them."""
+    check_overrides(overrides)
+    keys = [_override_key(item) for item in overrides]
+    defaults = [d for d in defaults if not any(_overlap(_override_key(d), key) for key in keys)]
     file = find_config(path)
     try:
         raw = yaml.safe_load(file.read_text(encoding="utf-8"))
@@ -146,7 +225,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"config file {file}{where} is not valid YAML: {getattr(err, 'problem', err)}") from None
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"config file {file} must hold a mapping of sections (world, backbone, reward, ...)")
-    return resolve(raw or {}, overrides)
+    return resolve(raw or {}, [*defaults, *overrides])
 
 
 SHIPPED_CONFIGS = Path(__file__).parents[1] / "configs"
@@ -156,6 +235,10 @@ def find_config(path: str | Path) -> Path:
     file = Path(path)
     if file.is_file():
         return file
+    if file.is_dir():
+        own = file / "config.yaml"
+        hint = f" (this run directory's own is {own})" if own.is_file() else ""
+        raise ConfigError(f"config '{path}' is a directory, not a YAML file: give the config file itself{hint}")
     for candidate in (SHIPPED_CONFIGS / f"{path}.yaml", SHIPPED_CONFIGS / str(path)):
         if candidate.is_file():
             return candidate

@@ -9,6 +9,7 @@ registry of config classes.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -109,6 +110,18 @@ def _build_kinded(tp, value, path: str, resolver: KindResolver | None):
     return build(cls, value, path, resolver)
 
 
+def _with_values(err: ConfigError, obj_fields, data: Mapping, path: str) -> str:
+    """A ``__post_init__`` check's message with the values of the keys it names (``log_every >= 1`` says which
+    value broke it only with ``distill.log_every = 0`` beside it)."""
+    message = str(err)
+    named = [name for name in obj_fields if re.search(rf"\b{re.escape(name)}\b", message) and name in data]
+    if not named:
+        return message
+    shown = {name: repr(data[name]) if len(repr(data[name])) <= 60 else repr(data[name])[:57] + "..." for name in named}
+    values = ", ".join(f"{path + '.' if path else ''}{name} = {text}" for name, text in shown.items())
+    return f"{message} (given: {values})"
+
+
 def build(cls, data: Any, path: str = "", resolver: KindResolver | None = None):
     """Build the frozen dataclass ``cls`` from ``data`` strictly (see module docstring)."""
     label = path or "config"
@@ -133,9 +146,10 @@ def build(cls, data: Any, path: str = "", resolver: KindResolver | None = None):
     try:
         return cls(**kwargs)
     except ConfigError as err:
-        if path and not str(err).startswith(path):
-            raise ConfigError(f"{path}.{err}") from None
-        raise
+        message = _with_values(err, fields, data, path)
+        if path and not message.startswith(path):
+            raise ConfigError(f"{path}.{message}") from None
+        raise ConfigError(message) from None
 
 
 def to_dict(obj) -> Any:

@@ -19,11 +19,12 @@ from pathlib import Path
 from rtdmd.config import Config, load_config
 from rtdmd.errors import UserError
 from rtdmd.train import align, distill
+from rtdmd.train.signals import raise_if_stopped
 
 
 def demo_config(config_name: str, overrides: Sequence[str], quick_overrides: Sequence[str], quick: bool) -> Config:
     """The config of a demo run: the user's ``--set`` overrides win over the ``--quick`` ones."""
-    return load_config(config_name, [*(quick_overrides if quick else ()), *overrides])
+    return load_config(config_name, overrides, defaults=quick_overrides if quick else ())
 
 
 def check_out_dir(out: Path) -> None:
@@ -45,10 +46,10 @@ def train_stages(config: Config, out: Path, *, evaluate_stage1: Callable | None 
     stage1_config = config if stage1_eval_every is None else with_eval_every(config, stage1_eval_every)
     timings = {}
     t0 = time.perf_counter()
-    distill.run(stage1_config, out / "stage1", evaluate=evaluate_stage1)
+    raise_if_stopped(distill.run(stage1_config, out / "stage1", evaluate=evaluate_stage1))
     timings["stage1_seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    align.run(config, out / "stage2", out / "stage1", evaluate=evaluate_stage2)
+    raise_if_stopped(align.run(config, out / "stage2", out / "stage1", evaluate=evaluate_stage2))
     timings["stage2_seconds"] = time.perf_counter() - t0
     return timings
 

@@ -41,14 +41,15 @@ class Round:
 
 
 def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bool = False,
-        evaluate: Evaluate | None = None) -> dict:
-    """Train stage 2 into ``run_dir`` from the stage-1 run ``from_dir``; returns the last logged metrics."""
+        evaluate: Evaluate | None = None, **from_options) -> dict:
+    """Train stage 2 into ``run_dir`` from the stage-1 run ``from_dir`` (``from_options``: ``from_checkpoint``,
+    ``allow_unfinished`` of :func:`~rtdmd.train.rundir.check_stage1`); returns the last logged metrics."""
     cfg = config.align
-    stage1_config, stage1_checkpoint = check_stage1(Path(from_dir), config)
+    stage1_config, stage1_checkpoint, origin = check_stage1(Path(from_dir), config, Path(run_dir), resume,
+                                                            **from_options)
     preflight.check_align(config, stage1_config)
     stage1 = load_stage1(stage1_checkpoint)
-    session = Session(config, STAGE, run_dir, resume=resume, evaluate=evaluate,
-                      info={"from": str(Path(from_dir).resolve())})
+    session = Session(config, STAGE, run_dir, resume=resume, evaluate=evaluate, info=origin)
     backbone, dist, rewards = session.backbone, session.dist, session.rewards
     prompts = session.world.prompts("align")
     sigmas = backbone.generator_sigmas(cfg.step_list)

@@ -13,6 +13,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from rtdmd.errors import UserError
+from rtdmd.train.checkpoint import write_atomic
+
 
 def progress(iterable, desc: str, enabled: bool, **kwargs):
     """A tqdm bar; redirected to a file it refreshes every 30 s instead of many times a second."""
@@ -43,8 +46,9 @@ class MetricsLogger:
             records = [(line, _parse(line)) for line in self.path.read_text(encoding="utf-8").splitlines()]
             kept = [line for line, record in records
                     if record is not None and not (record.get("stage") == stage and record.get("step", -1) > resume_step)]
-            self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        self._file = open(self.path, "a", encoding="utf-8")
+            write_atomic(self.path, "".join(line + "\n" for line in kept).encode("utf-8"))
+        # A fresh start replaces the log of a run that stopped before its first checkpoint (no steps twice).
+        self._file = open(self.path, "a" if resume_step is not None else "w", encoding="utf-8")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -65,8 +69,12 @@ class MetricsLogger:
         if not self.enabled:
             return
         record = {"stage": self.stage, "step": step, **{k: _plain(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as err:
+            raise UserError(f"cannot write {self.path} ({err.strerror}): free space, then continue with --resume "
+                            "(from the last checkpoint)") from None
         numeric = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
         if self._tb is not None:
             for key, value in numeric.items():

@@ -1,10 +1,12 @@
 """The plumbing around a training loop, so that a stage file holds the method and little else.
 
-A :class:`Session` joins the process group, prepares the run directory (or finds the checkpoint to resume),
-builds the components (world, backbone, rewards), creates the :class:`~rtdmd.train.state.TrainState` (and
-restores it), and then serves the loop's visible bookkeeping lines: :meth:`Session.log`,
-:meth:`Session.evaluate` (the EMA generator, through the caller's hook), :meth:`Session.save` (a checkpoint),
-:meth:`Session.check_finite` and :meth:`Session.finish`.
+A :class:`Session` joins the process group, takes ownership of the run directory (:mod:`rtdmd.train.lock`: rank 0
+holds the lock for the whole job, every rank agrees that it got it), prepares the run directory (or finds the
+checkpoint to resume), builds the components (world, backbone, rewards), creates the
+:class:`~rtdmd.train.state.TrainState` (and restores it), and then serves the loop's visible bookkeeping lines:
+:meth:`Session.log`, :meth:`Session.evaluate` (the EMA generator, through the caller's hook), :meth:`Session.save`
+(a checkpoint), :meth:`Session.check_finite` and :meth:`Session.finish` (which records whether the run finished
+and gives the run directory up).
 """
 
 from __future__ import annotations
@@ -12,21 +14,27 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import torch
 
 from rtdmd.backbones.base import TRAINED_ROLES
 from rtdmd.config import Config
+from rtdmd.errors import UserError
 from rtdmd.train.checkpoint import load_checkpoint, save_checkpoint
 from rtdmd.train.components import Components, build_components
+from rtdmd.train.lock import RunLock
 from rtdmd.train.logging import MetricsLogger, progress
 from rtdmd.train.monitor import NonFiniteGuard
-from rtdmd.train.parallel import distribute, init_distributed, reshard
-from rtdmd.train.rundir import prepare_run_dir, stage_fingerprint
+from rtdmd.train.parallel import Dist, distribute, init_distributed, reshard, shutdown
+from rtdmd.train.rundir import check_run_dir_path, mark_finished, prepare_run_dir, stage_fingerprint
 from rtdmd.train.signals import StopRequest
 from rtdmd.train.state import TrainedRole, TrainState
 
 Evaluate = Callable[[Components, int], Mapping[str, Any]]
 """``evaluate(components, step) -> metrics``: called with the EMA generator loaded into the backbone."""
+
+T = TypeVar("T")
 
 
 def every(step: int, period: int) -> bool:
@@ -39,14 +47,33 @@ class Session:
                  evaluate: Evaluate | None = None, info: Mapping[str, Any] | None = None):
         self.config, self.stage, self.run_dir, self.hook = config, stage, Path(run_dir), evaluate
         self.dist, self.device = init_distributed(config.run.device, config.run.parallel)
-        self.checkpoint = prepare_run_dir(self.run_dir, config, stage, resume, self.dist.is_main, dict(info or {}))
-        self.parts = build_components(config, self.device)
+        self.lock = RunLock(self.run_dir) if self.dist.is_main else None
+        self.saved_step: int | None = None
+        try:
+            on_every_rank(self.dist, self._own)  # first: rank 0's lock, so that a refusal reads the same everywhere
+            self.checkpoint = on_every_rank(self.dist, lambda: prepare_run_dir(
+                self.run_dir, config, stage, resume, self.dist.is_main, dict(info or {})))
+            self.parts = build_components(config, self.device)
+        except BaseException:
+            self.release()
+            raise
         self.backbone, self.world, self.rewards = self.parts.backbone, self.parts.world, self.parts.rewards
         self.fingerprint = stage_fingerprint(config, stage)
         self.logger: MetricsLogger | None = None
         self.bar = None
         self.postfix: tuple[str, str] = ("", "")
         self.last: dict[str, Any] = {}
+
+    def _own(self) -> None:
+        """Lock the run directory (rank 0 only: it alone writes there)."""
+        check_run_dir_path(self.run_dir)
+        if self.lock is not None:
+            self.lock.acquire()
+
+    def release(self) -> None:
+        """Give the run directory up (also done at interpreter exit, for runs that end in an error)."""
+        if self.lock is not None:
+            self.lock.release()
 
     @property
     def fresh(self) -> bool:
@@ -65,6 +92,7 @@ class Session:
                            role("fake", stage_cfg.fake), guard, frozen={k: dict(v) for k, v in (frozen or {}).items()})
         if self.checkpoint is not None:
             state.load_state_dict(*load_checkpoint(self.checkpoint, self.device))
+            self.saved_step = state.step
             if self.dist.is_main:
                 print(f"rtdmd: resuming from {self.checkpoint} (step {state.step})")
         run = self.config.run
@@ -110,7 +138,11 @@ class Session:
         return result
 
     def save(self, state: TrainState) -> None:
-        """A checkpoint of ``state`` (gathered on every rank, written by the main rank; atomic)."""
+        """A checkpoint of ``state`` (gathered on every rank, written by the main rank; atomic). A step already
+        saved (the scheduled checkpoint, then the non-finite guard's) is not written twice."""
+        if self.saved_step == state.step:
+            return
+        self.saved_step = state.step
         reshard(self.backbone)  # so that the roles hold the FSDP shards, not a root's gathered copies
         tensors, info = state.state_dict()
         if self.dist.is_main:
@@ -124,9 +156,10 @@ class Session:
 
     def finish(self, state: TrainState, stop: StopRequest) -> dict[str, Any]:
         """After the loop: the final evaluation (unless a signal stopped the run, which is reported), close the
-        log, and return on every rank only once the main rank has written the last checkpoint."""
+        log, record in ``run.json`` whether the run finished, and return on every rank only once the main rank
+        has written the last checkpoint; then give the run directory up."""
+        name = signal.Signals(stop.signal).name if stop else None
         if stop:
-            name = signal.Signals(stop.signal).name
             self.logger.log(state.step, {"stopped_by_signal": name})
             if self.dist.is_main:
                 print(f"rtdmd: stopped by {name} after step {state.step}; checkpoint written, continue with --resume",
@@ -135,5 +168,32 @@ class Session:
         elif self.hook is not None:
             self.last = {**self.last, **self.evaluate(state)}
         self.logger.close()
+        if self.dist.is_main:
+            try:
+                mark_finished(self.run_dir, not stop, state.step, name)
+            except OSError as err:
+                raise UserError(f"cannot update {self.run_dir / 'run.json'} ({err.strerror}): the checkpoint of step "
+                                f"{state.step} is written; fix the disk, then run again with --resume") from None
         self.dist.barrier()
+        self.release()
         return self.last
+
+
+def on_every_rank(dist: Dist, action: Callable[[], T]) -> T:
+    """``action()`` on every rank; if it raises a :class:`UserError` on some rank, every rank stops with one line
+    (the failing rank with its own, the others pointing to it) instead of waiting in the next collective."""
+    error = None
+    try:
+        result = action()
+    except UserError as err:
+        error = err
+    failed = float(error is not None)
+    if dist.active:
+        failed = dist.all_reduce_sum(torch.tensor([failed], device=dist.device)).item()
+        if failed:
+            shutdown()  # every rank stops here: leave the group cleanly (no abort at exit)
+    if error is not None:
+        raise error
+    if failed:
+        raise UserError("another rank could not prepare the run directory (its error line says why)")
+    return result

@@ -6,7 +6,8 @@ every iteration the ranks agree (:meth:`StopRequest.agreed`, one tiny all-reduce
 iteration and write one checkpoint together. A second Ctrl-C stops at once (``KeyboardInterrupt``, no
 checkpoint); a SIGTERM after a Ctrl-C (``torchrun`` forwarding the interrupt) does not.
 
-Exit codes (see :func:`exit_code`): 0 after SIGTERM, 130 after Ctrl-C, both after the checkpoint is written.
+Exit codes (see :func:`exit_code`), both after the checkpoint is written: 75 after SIGTERM (``PREEMPTED``), 130
+after Ctrl-C. Either way ``run.json`` records ``"finished": false`` and the signal (``stopped_by``).
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from contextlib import contextmanager
 
 import torch
 
-# SIGTERM asks a job to stop and come back later: the run stopped as asked, its checkpoint is complete, so it
-# exits 0 (a non-zero code would make torchrun report a failed worker and, with --max-restarts, relaunch it
-# inside the preemption). Ctrl-C is a person interrupting: 130 (128 + SIGINT), as shells expect, so that
-# ``rtdmd distill ... && rtdmd align ...`` does not go on to stage 2 with an unfinished stage 1.
-EXIT_CODES = {signal.SIGTERM: 0, signal.SIGINT: 130}
+# SIGTERM asks a job to stop and come back later. The run is not finished, so the code is not 0 (``rtdmd distill
+# ... && rtdmd align ...`` must not go on to stage 2), and it is not 143 (128 + SIGTERM, what a process killed by
+# the signal returns, checkpoint or not): 75 is EX_TEMPFAIL of sysexits.h, "temporary failure, try again later",
+# which a scheduler's retry rule can match (Kubernetes podFailurePolicy onExitCodes, a requeue script). Ctrl-C is
+# a person interrupting: 130 (128 + SIGINT), as shells expect.
+PREEMPTED = 75
+EXIT_CODES = {signal.SIGTERM: PREEMPTED, signal.SIGINT: 130}
 
 
 def exit_code(signum: int | None) -> int:
@@ -67,3 +70,19 @@ def stop_on_signals():
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+class Stopped(Exception):
+    """A stage stopped by a signal inside a command that cannot go on without it (the demo's next stage); the
+    command line exits with the signal's code (:func:`exit_code`)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.code = exit_code(signum)
+
+
+def raise_if_stopped(result: dict) -> dict:
+    """``result`` of a stage, or :class:`Stopped` when a signal ended it early."""
+    if result.get("stopped_by_signal") is not None:
+        raise Stopped(int(result["stopped_by_signal"]))
+    return result

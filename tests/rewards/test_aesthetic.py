@@ -5,7 +5,7 @@ import torch
 
 from rtdmd.errors import UserError
 from rtdmd.rewards.aesthetic import MLP_STEM, AestheticConfig, build_aesthetic, mlp_from_state_dict
-from tests.rewards.test_clip_common import smooth_images
+from tests.rewards.test_clip import smooth_images
 
 TINY = {"architecture": "config"}  # the tiny CLIP and MLP of these tests are not the published models
 

@@ -7,10 +7,10 @@ from PIL import Image
 from rtdmd import registry
 from rtdmd.config import strict
 from rtdmd.errors import UserError
-from rtdmd.rewards import clip_common as cc
+from rtdmd.rewards import clip, loading
 from rtdmd.rewards.clipscore import ClipScoreConfig, build_clipscore
 from rtdmd.rewards.pickscore import PickScoreConfig, build_pickscore
-from tests.rewards.test_clip_common import smooth_images
+from tests.rewards.test_clip import smooth_images
 
 TINY = {"architecture": "config"}  # the tiny CLIP of these tests is not the published model
 PROMPTS = ["a red cat", "the dog", "a red cat"]
@@ -53,7 +53,7 @@ def test_clipscore_close_to_official_path_after_resize(clip_folder, clipscore):
     cos, _ = official(clip_folder, images, PROMPTS)
     with torch.no_grad():
         ours = clipscore(images, PROMPTS)
-    # The only difference is PIL's 8-bit rounding inside the resize (<= 1.5 levels, test_clip_common).
+    # The only difference is PIL's 8-bit rounding inside the resize (<= 1.5 levels, test_clip).
     torch.testing.assert_close(ours, cos, atol=2e-3, rtol=0)
 
 
@@ -75,8 +75,8 @@ def test_gradient_reaches_pixels_finite_difference(clip_folder):
     # A private float64 copy of the model (the built one is shared through the loader's cache), so that
     # central differences are exact to ~1e-10.
     model = CLIPModel.from_pretrained(str(clip_folder)).double().eval().requires_grad_(False)
-    embedder = cc.ClipEmbedder(model, built.embedder.tokenizer, built.embedder.preprocess)
-    reward = cc.ClipCosine(embedder, built._info)
+    embedder = clip.ClipEmbedder(model, built.embedder.tokenizer, built.embedder.preprocess)
+    reward = clip.ClipCosine(embedder, built._info)
     images = smooth_images(1, 40, 36, seed=9).double().requires_grad_(True)
     reward(images, ["the dog"]).sum().backward()
     grad = images.grad
@@ -104,7 +104,7 @@ def test_prompt_embeddings_are_cached(clipscore, monkeypatch):
 
 
 def test_built_through_registry_from_root(clip_folder, monkeypatch):
-    monkeypatch.setenv(cc.ROOT_ENV, str(clip_folder.parent))
+    monkeypatch.setenv(loading.ROOT_ENV, str(clip_folder.parent))
     link = clip_folder.parent / "clipscore"
     if not link.exists():
         link.symlink_to(clip_folder)

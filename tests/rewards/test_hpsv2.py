@@ -7,18 +7,17 @@ import torch
 from PIL import Image
 
 from rtdmd.errors import UserError
-from rtdmd.rewards import clip_common as cc
-from rtdmd.rewards import hpsv2
+from rtdmd.rewards import clip_preprocess, hpsv2
 from tests.rewards import openclip_reference as ref
-from tests.rewards.test_clip_common import smooth_images
+from tests.rewards.test_clip import smooth_images
 
 PROMPTS = ["a red cat", "of the dog dog", "a photo of the cat"]
 HEADS = dict(vision_heads=2, text_heads=2, architecture="config")  # a tiny model, not the published one
 
 
 def normalise(pixels: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(cc.OPENAI_CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(cc.OPENAI_CLIP_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(clip_preprocess.OPENAI_CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(clip_preprocess.OPENAI_CLIP_STD).view(1, 3, 1, 1)
     return (pixels - mean) / std
 
 

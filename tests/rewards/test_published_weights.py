@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from rtdmd.errors import ConfigError, UserError
-from rtdmd.rewards import aesthetic, hpsv2
-from rtdmd.rewards import clip_common as cc
+from rtdmd.rewards import aesthetic, clip_architectures, hpsv2, loading
 from tests.rewards import tiny_clip
 from tests.shared_data import published_sha256, shared_dir
 
@@ -25,7 +24,7 @@ HEAD_SHAPES = {"layers.0.weight": (1024, 768), "layers.0.bias": (1024,), "layers
 
 def test_real_laion_aesthetic_head_equals_a_hand_written_forward():
     file = shared_dir() / HEAD
-    assert cc.file_sha256(file) == published_sha256()[HEAD]
+    assert loading.file_sha256(file) == published_sha256()[HEAD]
     raw = torch.load(file, map_location="cpu", weights_only=True)  # read independently of our loader
     assert {k: tuple(v.shape) for k, v in raw.items()} == HEAD_SHAPES
     state = aesthetic.load_state_dict(file)  # our loading path (weights_only=True inside)
@@ -58,7 +57,7 @@ def _transformers_shapes(arch):
         return config, {k: tuple(v.shape) for k, v in CLIPModel(config).state_dict().items()}
 
 
-@pytest.mark.parametrize("arch, params", [(cc.VIT_L_14, 427_616_513), (cc.VIT_H_14, 986_109_441)])
+@pytest.mark.parametrize("arch, params", [(clip_architectures.VIT_L_14, 427_616_513), (clip_architectures.VIT_H_14, 986_109_441)])
 def test_published_architectures_are_transformers_clip_models(arch, params):
     _, shapes = _transformers_shapes(arch)
     assert arch.shapes() == shapes
@@ -84,7 +83,7 @@ def _sparse_safetensors(path, shapes):
 def published_clip(tmp_path_factory):
     """A folder with ViT-L/14's config.json and a (sparse) weights file of its published key names and shapes."""
     folder = tmp_path_factory.mktemp("vit_l_14")
-    config, shapes = _transformers_shapes(cc.VIT_L_14)
+    config, shapes = _transformers_shapes(clip_architectures.VIT_L_14)
     config.save_pretrained(folder)
     _sparse_safetensors(folder / "model.safetensors", shapes)
     return folder, shapes
@@ -92,7 +91,7 @@ def published_clip(tmp_path_factory):
 
 def test_published_clip_passes_and_deliberately_wrong_ones_fail(published_clip, tmp_path):
     folder, shapes = published_clip
-    cc.check_clip_folder(folder, "clipscore", cc.VIT_L_14)
+    clip_architectures.check_clip_folder(folder, "clipscore", clip_architectures.VIT_L_14)
     wrong = tmp_path / "wrong"
     wrong.mkdir()
     (wrong / "config.json").write_text((folder / "config.json").read_text())
@@ -106,7 +105,7 @@ def test_published_clip_passes_and_deliberately_wrong_ones_fail(published_clip, 
     for weights, message in cases:
         _sparse_safetensors(wrong / "model.safetensors", weights)
         with pytest.raises(UserError) as err:
-            cc.check_clip_folder(wrong, "clipscore", cc.VIT_L_14)
+            clip_architectures.check_clip_folder(wrong, "clipscore", clip_architectures.VIT_L_14)
         text = str(err.value)
         assert text.startswith(f"reward 'clipscore': the weights in {wrong} are not CLIP ViT-L/14 "
                                "(openai/clip-vit-large-patch14)'s: ") and message in text and "\n" not in text
@@ -116,13 +115,13 @@ def test_published_clip_passes_and_deliberately_wrong_ones_fail(published_clip, 
     config["vision_config"]["hidden_act"] = "gelu"
     (wrong / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="vision activation 'gelu' \\(published: 'quick_gelu'\\)"):
-        cc.check_clip_folder(wrong, "clipscore", cc.VIT_L_14)
+        clip_architectures.check_clip_folder(wrong, "clipscore", clip_architectures.VIT_L_14)
 
 
 def test_a_small_clip_is_refused_as_published_and_checked_against_its_config(clip_folder, tmp_path):
     with pytest.raises(UserError, match="are not OpenCLIP ViT-H/14's: 832 keys missing .*, 77 tensors of another"):
-        cc.check_clip_folder(clip_folder, "pickscore", cc.VIT_H_14)
-    cc.check_clip_folder(clip_folder, "pickscore", None)  # architecture: config
+        clip_architectures.check_clip_folder(clip_folder, "pickscore", clip_architectures.VIT_H_14)
+    clip_architectures.check_clip_folder(clip_folder, "pickscore", None)  # architecture: config
     # A weights file that lost a tensor, next to an intact config.json: transformers would fill it with random
     # values and only warn; the check refuses it whatever the architecture setting.
     from safetensors.torch import load_file, save_file
@@ -134,7 +133,7 @@ def test_a_small_clip_is_refused_as_published_and_checked_against_its_config(cli
     save_file(state, str(damaged / "model.safetensors"))
     with pytest.raises(UserError, match="do not match its config.json: 1 keys missing "
                                         "\\(first 'text_model.encoder.layers.1.mlp.fc2.bias'\\)"):
-        cc.check_clip_folder(damaged, "clipscore", None)
+        clip_architectures.check_clip_folder(damaged, "clipscore", None)
 
 
 def _openclip_state(width, layers, vision_width, vision_layers, patch, image, context, vocab, projection):

@@ -30,7 +30,7 @@ def test_ac_dmd_moves_the_generator_toward_the_teacher(tmp_path):
         return {}
 
     distill.run(config, tmp_path / "s1", evaluate=record)
-    (mean0, std0), (mean1, std1) = seen[0], seen[-1]
+    (_, std0), (mean1, std1) = seen[0], seen[-1]
     assert std0 < 0.35  # the untrained 4-step CPS generator is too narrow
     assert abs(std1 - 0.5) < 0.5 * abs(std0 - 0.5), seen  # at least half the gap closed
     assert abs(mean1 - 1.0) < 0.3, seen

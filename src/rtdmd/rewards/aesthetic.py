@@ -25,15 +25,14 @@ from torch import Tensor, nn
 from rtdmd.config.strict import check
 from rtdmd.devices import torch_dtype
 from rtdmd.errors import UserError
-from rtdmd.rewards import clip_common as cc
-from rtdmd.rewards import clipscore
+from rtdmd.rewards import clip, clip_architectures, clipscore, loading
 
 MLP_STEM = "sac+logos+ava1-l14-linearMSE"
 # The published head's layers: index in ``layers`` (Dropouts between them hold no weights) -> (out, in).
 MLP_LAYERS = {0: (1024, 768), 2: (128, 1024), 4: (64, 128), 6: (16, 64), 7: (1, 16)}
 MLP_SHAPES = {f"layers.{i}.{p}": shape if p == "weight" else shape[:1] for i, shape in MLP_LAYERS.items()
               for p in ("weight", "bias")}
-MLP_NEED = cc.Need("LAION aesthetic MLP", (f"{MLP_STEM}.pth", f"{MLP_STEM}.safetensors"),
+MLP_NEED = loading.Need("LAION aesthetic MLP", (f"{MLP_STEM}.pth", f"{MLP_STEM}.safetensors"),
                    "github.com/christophschuhmann/improved-aesthetic-predictor (mirror: "
                    "huggingface.co/camenduru/improved-aesthetic-predictor)",
                    "camenduru/improved-aesthetic-predictor", (f"{MLP_STEM}.pth",))
@@ -46,7 +45,8 @@ class AestheticConfig:
     clip_path: str | None = None  # folder of CLIP ViT-L/14; default $RTDMD_REWARDS_ROOT/clipscore
     allow_download: bool = False
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # of the CLIP model; the MLP runs in fp32
-    architecture: cc.Architecture = "published"  # published: the MLP's and CLIP ViT-L/14's shapes (clip_common)
+    # published: the MLP's and CLIP ViT-L/14's shapes are checked (rewards/clip_architectures.py)
+    architecture: clip_architectures.Architecture = "published"
 
     def __post_init__(self):
         check(self.path is None or bool(self.path.strip()), "path must be a folder or left unset")
@@ -58,7 +58,7 @@ class AestheticConfig:
 
 
 def load_state_dict(file: Path) -> dict[str, Tensor]:
-    state = cc.load_weights(file)
+    state = loading.load_weights(file)
     if not isinstance(state, Mapping):
         raise UserError(f"{file} does not hold a state dict")
     return dict(state)
@@ -66,8 +66,9 @@ def load_state_dict(file: Path) -> dict[str, Tensor]:
 
 def check_published(state: Mapping[str, Tensor], file: Path) -> None:
     """The state dict has the key names and shapes of the published head (768-1024-128-64-16-1)."""
-    cc.check_shapes({k: v.shape for k, v in state.items()}, MLP_SHAPES, f"reward 'aesthetic': {file} is not the "
-                    "published LAION head (768-1024-128-64-16-1)", "re-download it (or set architecture: config)")
+    clip_architectures.check_shapes({k: v.shape for k, v in state.items()}, MLP_SHAPES,
+                                    f"reward 'aesthetic': {file} is not the published LAION head (768-1024-128-64-16-1)",
+                                    "re-download it (or set architecture: config)")
 
 
 def mlp_from_state_dict(state: Mapping[str, Tensor]) -> nn.Sequential:
@@ -101,7 +102,7 @@ class AestheticReward:
 
     differentiable = True
 
-    def __init__(self, embedder: cc.ClipEmbedder, mlp: nn.Sequential, info: cc.ScorerInfo):
+    def __init__(self, embedder: clip.ClipEmbedder, mlp: nn.Sequential, info: loading.ScorerInfo):
         self.embedder = embedder
         self.mlp = mlp
         self._info = info
@@ -116,11 +117,11 @@ class AestheticReward:
 
 def locate_files(cfg: AestheticConfig) -> tuple[Path, Path]:
     """The MLP folder and the CLIP ViT-L/14 folder."""
-    folder = cc.locate("aesthetic", cc.reward_folder("aesthetic", cfg.path), (MLP_NEED,), cfg.allow_download)
-    if cfg.clip_path is None and not os.environ.get(cc.ROOT_ENV):
+    folder = loading.locate("aesthetic", loading.reward_folder("aesthetic", cfg.path), (MLP_NEED,), cfg.allow_download)
+    if cfg.clip_path is None and not os.environ.get(loading.ROOT_ENV):
         raise UserError(f"reward 'aesthetic' needs CLIP ViT-L/14: set its 'clip_path' to the folder of "
-                        f"{clipscore.REPO}, or set {cc.ROOT_ENV} (then <root>/clipscore/ is used)")
-    return folder, cc.locate("aesthetic", cc.reward_folder("clipscore", cfg.clip_path), clipscore.NEEDS,
+                        f"{clipscore.REPO}, or set {loading.ROOT_ENV} (then <root>/clipscore/ is used)")
+    return folder, loading.locate("aesthetic", loading.reward_folder("clipscore", cfg.clip_path), clipscore.NEEDS,
                              cfg.allow_download)
 
 
@@ -136,6 +137,6 @@ def build_aesthetic(cfg: AestheticConfig, *, world=None, device="cpu") -> Aesthe
     if mlp[0].in_features != dim:
         raise UserError(f"the aesthetic MLP takes {mlp[0].in_features}-d embeddings but the CLIP model in "
                         f"{clip_folder} gives {dim}-d: it needs CLIP ViT-L/14")
-    info = cc.ScorerInfo("aesthetic", "LAION improved-aesthetic MLP(normalised CLIP ViT-L/14 image embedding)",
-                         (file, *cc.weight_files(clip_folder)))
+    info = loading.ScorerInfo("aesthetic", "LAION improved-aesthetic MLP(normalised CLIP ViT-L/14 image embedding)",
+                         (file, *loading.weight_files(clip_folder)))
     return AestheticReward(embedder, mlp, info)

@@ -19,15 +19,15 @@ from typing import Literal
 
 from rtdmd.config.strict import check
 from rtdmd.devices import torch_dtype
-from rtdmd.rewards import clip_common as cc
+from rtdmd.rewards import clip, clip_architectures, clip_preprocess, loading
 
 REPO = "openai/clip-vit-large-patch14"
 NEEDS = (
-    cc.Need("CLIP config", ("config.json",), REPO, REPO, ("config.json",)),
-    cc.Need("CLIP weights", cc.CLIP_MODEL_FILES, REPO, REPO, (("model.safetensors", "pytorch_model.bin"),)),
-    cc.Need("CLIP tokenizer", cc.TOKENIZER_FILES, REPO, REPO,
+    loading.Need("CLIP config", ("config.json",), REPO, REPO, ("config.json",)),
+    loading.Need("CLIP weights", clip.CLIP_MODEL_FILES, REPO, REPO, (("model.safetensors", "pytorch_model.bin"),)),
+    loading.Need("CLIP tokenizer", clip.TOKENIZER_FILES, REPO, REPO,
             ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")),
-    cc.Need("CLIP preprocessor config", ("preprocessor_config.json",), REPO, REPO, ("preprocessor_config.json",)),
+    loading.Need("CLIP preprocessor config", ("preprocessor_config.json",), REPO, REPO, ("preprocessor_config.json",)),
 )
 
 
@@ -37,7 +37,8 @@ class ClipScoreConfig:
     path: str | None = None  # folder of the CLIP model; default $RTDMD_REWARDS_ROOT/clipscore
     allow_download: bool = False  # fetch missing files from the Hugging Face Hub into that folder
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
-    architecture: cc.Architecture = "published"  # published: the weights must be CLIP ViT-L/14's (clip_common)
+    # published: the weights must be CLIP ViT-L/14's (rewards/clip_architectures.py)
+    architecture: clip_architectures.Architecture = "published"
 
     def __post_init__(self):
         check(self.path is None or bool(self.path.strip()), "path must be a folder or left unset")
@@ -49,20 +50,23 @@ class ClipScoreConfig:
 
 
 def locate_files(cfg: ClipScoreConfig) -> Path:
-    return cc.locate("clipscore", cc.reward_folder("clipscore", cfg.path), NEEDS, cfg.allow_download)
+    return loading.locate("clipscore", loading.reward_folder("clipscore", cfg.path), NEEDS, cfg.allow_download)
 
 
-def load_embedder(folder, device, dtype, architecture: cc.Architecture, kind: str = "clipscore") -> cc.ClipEmbedder:
-    """CLIP ViT-L/14's embedder, its weights checked first (``architecture``, :mod:`~rtdmd.rewards.clip_common`)."""
-    cc.check_clip_folder(folder, kind, cc.VIT_L_14 if architecture == "published" else None)
-    model = cc.load_clip_model(folder, device, dtype)
-    preprocess = cc.ClipPreprocess.from_folder(folder, model.config.vision_config.image_size)
-    return cc.ClipEmbedder(model, cc.load_tokenizer(folder), preprocess)
+def load_embedder(folder, device, dtype, architecture: clip_architectures.Architecture,
+                  kind: str = "clipscore") -> clip.ClipEmbedder:
+    """CLIP ViT-L/14's embedder, its weights checked first (``architecture``,
+    :mod:`~rtdmd.rewards.clip_architectures`)."""
+    published = clip_architectures.VIT_L_14 if architecture == "published" else None
+    clip_architectures.check_clip_folder(folder, kind, published)
+    model = clip.load_clip_model(folder, device, dtype)
+    preprocess = clip_preprocess.ClipPreprocess.from_folder(folder, model.config.vision_config.image_size)
+    return clip.ClipEmbedder(model, clip.load_tokenizer(folder), preprocess)
 
 
-def build_clipscore(cfg: ClipScoreConfig, *, world=None, device="cpu") -> cc.ClipCosine:
+def build_clipscore(cfg: ClipScoreConfig, *, world=None, device="cpu") -> clip.ClipCosine:
     folder = locate_files(cfg)
     embedder = load_embedder(folder, device, torch_dtype(cfg.dtype), cfg.architecture)
-    info = cc.ScorerInfo("clipscore", "cos(CLIP image embedding, CLIP text embedding), raw (no x100, no clamp)",
-                         tuple(cc.weight_files(folder)))
-    return cc.ClipCosine(embedder, info)
+    info = loading.ScorerInfo("clipscore", "cos(CLIP image embedding, CLIP text embedding), raw (no x100, no clamp)",
+                         tuple(loading.weight_files(folder)))
+    return clip.ClipCosine(embedder, info)

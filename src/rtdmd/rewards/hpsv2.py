@@ -63,11 +63,11 @@ from torch import Tensor
 from rtdmd.config.strict import check
 from rtdmd.devices import torch_dtype
 from rtdmd.errors import UserError
-from rtdmd.rewards import clip_common as cc
+from rtdmd.rewards import clip, clip_architectures, clip_preprocess, loading
 
 HPS_REPO = "xswu/HPSv2"
 TOKENIZER_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
-TOKENIZER_NEED = cc.Need("OpenCLIP ViT-H/14 tokenizer", cc.TOKENIZER_FILES, TOKENIZER_REPO, TOKENIZER_REPO,
+TOKENIZER_NEED = loading.Need("OpenCLIP ViT-H/14 tokenizer", clip.TOKENIZER_FILES, TOKENIZER_REPO, TOKENIZER_REPO,
                          ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                           "special_tokens_map.json"))
 
@@ -106,11 +106,11 @@ class HPSv2Config:
     vision_heads: int = 16  # ViT-H/14 (not visible in the tensor shapes)
     text_heads: int = 16
     hidden_act: Literal["gelu", "quick_gelu"] = "gelu"
-    architecture: cc.Architecture = "published"  # published: the checkpoint must be OpenCLIP ViT-H/14's
+    architecture: clip_architectures.Architecture = "published"  # published: the checkpoint must be OpenCLIP ViT-H/14's
 
     def __post_init__(self):
         check(self.vision_heads >= 1 and self.text_heads >= 1, "vision_heads and text_heads must be >= 1")
-        published = cc.VIT_H_14
+        published = clip_architectures.VIT_H_14
         check(self.architecture == "config" or (self.vision_heads, self.text_heads, self.hidden_act) == (
               published.vision_heads, published.text_heads, published.hidden_act),
               f"vision_heads, text_heads and hidden_act must be {published.name}'s ({published.vision_heads}, "
@@ -193,7 +193,7 @@ def clip_config(state: Mapping[str, Tensor], *, vision_heads: int, text_heads: i
 
 def load_checkpoint(file: Path) -> dict[str, Tensor]:
     """The OpenCLIP state dict of an HPS checkpoint: ``{"state_dict": {...}}`` or a flat dict (.pt/.safetensors)."""
-    raw = cc.load_weights(file)
+    raw = loading.load_weights(file)
     state = raw.get("state_dict", raw) if isinstance(raw, Mapping) else None
     if not isinstance(state, Mapping):
         raise UserError(f"{file} holds no state dict")
@@ -202,8 +202,8 @@ def load_checkpoint(file: Path) -> dict[str, Tensor]:
 
 def check_published(state: Mapping[str, Tensor], file: Path) -> None:
     """The checkpoint's tensors, renamed, have the key names and shapes of the published ViT-H/14."""
-    cc.check_shapes({k: v.shape for k, v in openclip_to_transformers(state).items()}, cc.VIT_H_14.shapes(),
-                    f"reward 'hpsv2': {file} is not an {cc.VIT_H_14.name} checkpoint",
+    clip_architectures.check_shapes({k: v.shape for k, v in openclip_to_transformers(state).items()}, clip_architectures.VIT_H_14.shapes(),
+                    f"reward 'hpsv2': {file} is not an {clip_architectures.VIT_H_14.name} checkpoint",
                     f"download {file.name} of {HPS_REPO} (or set architecture: config)")
 
 
@@ -224,15 +224,15 @@ def clip_from_openclip(state: Mapping[str, Tensor], config, dtype: torch.dtype):
 
 def locate_files(cfg: HPSv2Config) -> tuple[Path, Path]:
     """The checkpoint folder and the tokenizer folder."""
-    need = cc.Need("HPSv2 checkpoint", (cfg.checkpoint,), HPS_REPO, HPS_REPO, (cfg.checkpoint,))
-    folder = cc.locate("hpsv2", cc.reward_folder("hpsv2", cfg.path), (need,), cfg.allow_download)
+    need = loading.Need("HPSv2 checkpoint", (cfg.checkpoint,), HPS_REPO, HPS_REPO, (cfg.checkpoint,))
+    folder = loading.locate("hpsv2", loading.reward_folder("hpsv2", cfg.path), (need,), cfg.allow_download)
     tokenizer_folder = Path(cfg.tokenizer_path).expanduser() if cfg.tokenizer_path else folder
-    return folder, cc.locate("hpsv2", tokenizer_folder, (TOKENIZER_NEED,), cfg.allow_download)
+    return folder, loading.locate("hpsv2", tokenizer_folder, (TOKENIZER_NEED,), cfg.allow_download)
 
 
-def build_hpsv2(cfg: HPSv2Config, *, world=None, device="cpu") -> cc.ClipCosine:
+def build_hpsv2(cfg: HPSv2Config, *, world=None, device="cpu") -> clip.ClipCosine:
     folder, tokenizer_folder = locate_files(cfg)
-    tokenizer = cc.load_tokenizer(tokenizer_folder)
+    tokenizer = clip.load_tokenizer(tokenizer_folder)
     state = load_checkpoint(folder / cfg.checkpoint)
     if cfg.architecture == "published":
         check_published(state, folder / cfg.checkpoint)
@@ -242,8 +242,8 @@ def build_hpsv2(cfg: HPSv2Config, *, world=None, device="cpu") -> cc.ClipCosine:
                          hidden_act=cfg.hidden_act, token_ids=ids)
     model = clip_from_openclip(state, config, torch_dtype(cfg.dtype)).to(device)
     size = config.vision_config.image_size
-    preprocess = cc.ClipPreprocess(size=size, crop=(size, size) if cfg.preprocess == "crop" else None,
+    preprocess = clip_preprocess.ClipPreprocess(size=size, crop=(size, size) if cfg.preprocess == "crop" else None,
                                    mode=cfg.preprocess)
-    info = cc.ScorerInfo("hpsv2", "cos(HPSv2 OpenCLIP ViT-H/14 image embedding, text embedding)",
+    info = loading.ScorerInfo("hpsv2", "cos(HPSv2 OpenCLIP ViT-H/14 image embedding, text embedding)",
                          (folder / cfg.checkpoint,), {"checkpoint": cfg.checkpoint})
-    return cc.ClipCosine(cc.ClipEmbedder(model, tokenizer, preprocess), info)
+    return clip.ClipCosine(clip.ClipEmbedder(model, tokenizer, preprocess), info)

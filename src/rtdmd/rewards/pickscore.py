@@ -19,19 +19,19 @@ from typing import Literal
 
 from rtdmd.config.strict import check
 from rtdmd.devices import torch_dtype
-from rtdmd.rewards import clip_common as cc
+from rtdmd.rewards import clip, clip_architectures, clip_preprocess, loading
 
 MODEL_REPO = "yuvalkirstain/PickScore_v1"
 PROCESSOR_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 MODEL_NEEDS = (
-    cc.Need("PickScore config", ("config.json",), MODEL_REPO, MODEL_REPO, ("config.json",)),
-    cc.Need("PickScore weights", cc.CLIP_MODEL_FILES, MODEL_REPO, MODEL_REPO,
+    loading.Need("PickScore config", ("config.json",), MODEL_REPO, MODEL_REPO, ("config.json",)),
+    loading.Need("PickScore weights", clip.CLIP_MODEL_FILES, MODEL_REPO, MODEL_REPO,
             (("model.safetensors", "pytorch_model.bin"),)),
 )
 PROCESSOR_NEEDS = (
-    cc.Need("CLIP-H tokenizer", cc.TOKENIZER_FILES, PROCESSOR_REPO, PROCESSOR_REPO,
+    loading.Need("CLIP-H tokenizer", clip.TOKENIZER_FILES, PROCESSOR_REPO, PROCESSOR_REPO,
             ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")),
-    cc.Need("CLIP-H preprocessor config", ("preprocessor_config.json",), PROCESSOR_REPO, PROCESSOR_REPO,
+    loading.Need("CLIP-H preprocessor config", ("preprocessor_config.json",), PROCESSOR_REPO, PROCESSOR_REPO,
             ("preprocessor_config.json",)),
 )
 
@@ -43,7 +43,8 @@ class PickScoreConfig:
     processor_path: str | None = None  # folder of the tokenizer + preprocessor config; default: path
     allow_download: bool = False
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
-    architecture: cc.Architecture = "published"  # published: the weights must be CLIP-H/14's (clip_common)
+    # published: the weights must be CLIP-H/14's (rewards/clip_architectures.py)
+    architecture: clip_architectures.Architecture = "published"
 
     def __post_init__(self):
         check(self.path is None or bool(self.path.strip()), "path must be a folder or left unset")
@@ -56,18 +57,19 @@ class PickScoreConfig:
 
 def locate_files(cfg: PickScoreConfig) -> tuple[Path, Path]:
     """The model folder and the tokenizer / preprocessor folder."""
-    folder = cc.locate("pickscore", cc.reward_folder("pickscore", cfg.path), MODEL_NEEDS, cfg.allow_download)
+    folder = loading.locate("pickscore", loading.reward_folder("pickscore", cfg.path), MODEL_NEEDS, cfg.allow_download)
     processor = Path(cfg.processor_path).expanduser() if cfg.processor_path else folder
-    return folder, cc.locate("pickscore", processor, PROCESSOR_NEEDS, cfg.allow_download)
+    return folder, loading.locate("pickscore", processor, PROCESSOR_NEEDS, cfg.allow_download)
 
 
-def build_pickscore(cfg: PickScoreConfig, *, world=None, device="cpu") -> cc.ClipCosine:
+def build_pickscore(cfg: PickScoreConfig, *, world=None, device="cpu") -> clip.ClipCosine:
     folder, processor = locate_files(cfg)
-    cc.check_clip_folder(folder, "pickscore", cc.VIT_H_14 if cfg.architecture == "published" else None)
-    model = cc.load_clip_model(folder, device, torch_dtype(cfg.dtype))
-    preprocess = cc.ClipPreprocess.from_folder(processor, model.config.vision_config.image_size)
-    embedder = cc.ClipEmbedder(model, cc.load_tokenizer(processor), preprocess)
+    published = clip_architectures.VIT_H_14 if cfg.architecture == "published" else None
+    clip_architectures.check_clip_folder(folder, "pickscore", published)
+    model = clip.load_clip_model(folder, device, torch_dtype(cfg.dtype))
+    preprocess = clip_preprocess.ClipPreprocess.from_folder(processor, model.config.vision_config.image_size)
+    embedder = clip.ClipEmbedder(model, clip.load_tokenizer(processor), preprocess)
     scale = float(model.logit_scale.detach().float().exp())
-    info = cc.ScorerInfo("pickscore", "exp(logit_scale) * cos(CLIP-H image embedding, text embedding)",
-                         tuple(cc.weight_files(folder)), {"logit_scale_exp": scale})
-    return cc.ClipCosine(embedder, info, scale=scale)
+    info = loading.ScorerInfo("pickscore", "exp(logit_scale) * cos(CLIP-H image embedding, text embedding)",
+                         tuple(loading.weight_files(folder)), {"logit_scale_exp": scale})
+    return clip.ClipCosine(embedder, info, scale=scale)

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from rtdmd.errors import UserError
-from rtdmd.rewards import clip_common as cc
+from rtdmd.rewards import clip, clip_preprocess, loading
 
 
 def smooth_images(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -36,7 +36,7 @@ IDENTITY = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 @pytest.mark.parametrize("shape", [(64, 48), (20, 37), (97, 61), (32, 32), (512, 384)])
 def test_crop_mode_is_pils_bicubic_then_centre_crop(shape):
     images = smooth_images(2, *shape, seed=shape[0])
-    ours = cc.ClipPreprocess(size=32, crop=(32, 32), **IDENTITY)(images.double())
+    ours = clip_preprocess.ClipPreprocess(size=32, crop=(32, 32), **IDENTITY)(images.double())
     h, w = shape
     new = (32, int(32 * w / h)) if h <= w else (int(32 * h / w), 32)  # transformers' shortest-edge rule
     for b in range(2):
@@ -48,7 +48,7 @@ def test_crop_mode_is_pils_bicubic_then_centre_crop(shape):
 @pytest.mark.parametrize("shape", [(40, 25), (25, 40), (64, 64), (17, 33), (28, 28)])
 def test_pad_mode_is_openclip_resize_longest_max(shape):
     images = smooth_images(1, *shape, seed=7)
-    ours = cc.ClipPreprocess(size=28, crop=None, mode="pad", **IDENTITY)(images.double())[0]
+    ours = clip_preprocess.ClipPreprocess(size=28, crop=None, mode="pad", **IDENTITY)(images.double())[0]
     h, w = shape
     scale = 28 / max(h, w)
     new = (round(h * scale), round(w * scale))
@@ -66,13 +66,13 @@ def test_agrees_with_clip_image_processor(clip_folder, shape):
     from transformers import CLIPImageProcessor
 
     processor = CLIPImageProcessor.from_pretrained(str(clip_folder))
-    ours_pre = cc.ClipPreprocess.from_folder(clip_folder, 32)
+    ours_pre = clip_preprocess.ClipPreprocess.from_folder(clip_folder, 32)
     images = (smooth_images(3, *shape, seed=3) * 255).round() / 255
     pil = [Image.fromarray((im.permute(1, 2, 0) * 255).round().byte().numpy()) for im in images]
     official = processor(images=pil, return_tensors="pt")["pixel_values"].double()
     ours = ours_pre(images.double())
     assert ours.shape == official.shape == (3, 3, 32, 32)
-    std = torch.tensor(cc.OPENAI_CLIP_STD, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(clip_preprocess.OPENAI_CLIP_STD, dtype=torch.float64).view(1, 3, 1, 1)
     error_in_levels = ((ours - official) * std * 255).abs()  # in units of one 8-bit level
     if tuple(shape) == (32, 32):
         assert error_in_levels.max() < 1e-3  # no resize: only the normalisation
@@ -85,33 +85,33 @@ def test_preprocessor_config_is_read(tmp_path):
     (tmp_path / "preprocessor_config.json").write_text(
         '{"size": {"shortest_edge": 40}, "crop_size": {"height": 36, "width": 36}, "resample": 2,'
         ' "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25]}')
-    pre = cc.ClipPreprocess.from_folder(tmp_path, 224)
+    pre = clip_preprocess.ClipPreprocess.from_folder(tmp_path, 224)
     assert (pre.size, pre.crop, pre.resample, pre.mean, pre.std) == (40, (36, 36), "bilinear", (0.5,) * 3, (0.25,) * 3)
     assert pre(torch.full((1, 3, 50, 80), 0.75)).shape == (1, 3, 36, 36)
     torch.testing.assert_close(pre(torch.full((1, 3, 50, 80), 0.75)), torch.ones(1, 3, 36, 36))
-    assert cc.ClipPreprocess.from_folder(tmp_path / "absent", 30) == cc.ClipPreprocess(size=30, crop=(30, 30))
+    assert clip_preprocess.ClipPreprocess.from_folder(tmp_path / "absent", 30) == clip_preprocess.ClipPreprocess(size=30, crop=(30, 30))
     (tmp_path / "preprocessor_config.json").write_text('{"resample": 0}')
     with pytest.raises(UserError, match="resample"):
-        cc.ClipPreprocess.from_folder(tmp_path, 224)
+        clip_preprocess.ClipPreprocess.from_folder(tmp_path, 224)
 
 
 def test_folder_from_path_or_root(tmp_path, monkeypatch):
-    monkeypatch.delenv(cc.ROOT_ENV, raising=False)
-    assert cc.reward_folder("hpsv2", str(tmp_path)) == tmp_path
-    with pytest.raises(UserError, match=f"set its 'path'.*{cc.ROOT_ENV}"):
-        cc.reward_folder("hpsv2", None)
-    monkeypatch.setenv(cc.ROOT_ENV, str(tmp_path))
-    assert cc.reward_folder("hpsv2", None) == tmp_path / "hpsv2"
+    monkeypatch.delenv(loading.ROOT_ENV, raising=False)
+    assert loading.reward_folder("hpsv2", str(tmp_path)) == tmp_path
+    with pytest.raises(UserError, match=f"set its 'path'.*{loading.ROOT_ENV}"):
+        loading.reward_folder("hpsv2", None)
+    monkeypatch.setenv(loading.ROOT_ENV, str(tmp_path))
+    assert loading.reward_folder("hpsv2", None) == tmp_path / "hpsv2"
 
 
-NEEDS = (cc.Need("weights", ("model.safetensors", "pytorch_model.bin"), "org/model", "org/model", ("model.safetensors",)),
-         cc.Need("tokenizer", ("tokenizer.json", ("vocab.json", "merges.txt")), "org/tok", "org/tok", ("tokenizer.json",)))
+NEEDS = (loading.Need("weights", ("model.safetensors", "pytorch_model.bin"), "org/model", "org/model", ("model.safetensors",)),
+         loading.Need("tokenizer", ("tokenizer.json", ("vocab.json", "merges.txt")), "org/tok", "org/tok", ("tokenizer.json",)))
 
 
 def test_missing_files_are_named_with_their_source(tmp_path):
     (tmp_path / "vocab.json").write_text("{}")  # half of the second alternative is not enough
     with pytest.raises(UserError) as err:
-        cc.locate("clipscore", tmp_path, NEEDS, allow_download=False)
+        loading.locate("clipscore", tmp_path, NEEDS, allow_download=False)
     message = str(err.value)
     assert "\n" not in message
     for text in ("model.safetensors or pytorch_model.bin", "org/model", "tokenizer.json or vocab.json + merges.txt",
@@ -119,7 +119,7 @@ def test_missing_files_are_named_with_their_source(tmp_path):
         assert text in message
     (tmp_path / "merges.txt").write_text("")
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
-    assert cc.locate("clipscore", tmp_path, NEEDS, allow_download=False) == tmp_path
+    assert loading.locate("clipscore", tmp_path, NEEDS, allow_download=False) == tmp_path
 
 
 def test_download_only_when_allowed(tmp_path, monkeypatch):
@@ -133,9 +133,9 @@ def test_download_only_when_allowed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     with pytest.raises(UserError):
-        cc.locate("clipscore", tmp_path, NEEDS, allow_download=False)
+        loading.locate("clipscore", tmp_path, NEEDS, allow_download=False)
     assert calls == []
-    assert cc.locate("clipscore", tmp_path, NEEDS, allow_download=True) == tmp_path
+    assert loading.locate("clipscore", tmp_path, NEEDS, allow_download=True) == tmp_path
     assert calls == [("org/model", "model.safetensors"), ("org/tok", "tokenizer.json")]
 
 
@@ -148,11 +148,11 @@ def test_download_falls_back_to_the_next_alternative(tmp_path, monkeypatch):
         (tmp_path / name).write_text("x")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    need = cc.Need("weights", cc.CLIP_MODEL_FILES, "org/m", "org/m", (("model.safetensors", "pytorch_model.bin"),))
-    assert cc.locate("pickscore", tmp_path, (need,), allow_download=True) == tmp_path
-    bad = cc.Need("tokenizer", ("tokenizer.json",), "org/t", "org/t", ("tokenizer.json",))
+    need = loading.Need("weights", clip.CLIP_MODEL_FILES, "org/m", "org/m", (("model.safetensors", "pytorch_model.bin"),))
+    assert loading.locate("pickscore", tmp_path, (need,), allow_download=True) == tmp_path
+    bad = loading.Need("tokenizer", ("tokenizer.json",), "org/t", "org/t", ("tokenizer.json",))
     with pytest.raises(UserError, match="could not download tokenizer.json from org/t: FileNotFoundError"):
-        cc.locate("pickscore", tmp_path, (bad,), allow_download=True)
+        loading.locate("pickscore", tmp_path, (bad,), allow_download=True)
 
 
 def test_file_hash_is_sha256(tmp_path):
@@ -160,21 +160,21 @@ def test_file_hash_is_sha256(tmp_path):
 
     file = tmp_path / "model.safetensors"
     file.write_bytes(b"abc" * 1000)
-    assert cc.file_sha256(file) == hashlib.sha256(b"abc" * 1000).hexdigest()
+    assert loading.file_sha256(file) == hashlib.sha256(b"abc" * 1000).hexdigest()
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
-    assert cc.weight_files(tmp_path) == [file]  # the file transformers loads, not every copy in the folder
+    assert loading.weight_files(tmp_path) == [file]  # the file transformers loads, not every copy in the folder
     file.unlink()
-    assert cc.weight_files(tmp_path) == [tmp_path / "pytorch_model.bin"]
+    assert loading.weight_files(tmp_path) == [tmp_path / "pytorch_model.bin"]
 
 
 def test_load_weights_reads_both_formats_and_refuses_pickled_code(tmp_path):
     import pickle
 
     import torch
+    from rtdmd.rewards.loading import load_weights
     from safetensors.torch import save_file
 
     from rtdmd.errors import UserError
-    from rtdmd.rewards.clip_common import load_weights
 
     weights = {"w": torch.arange(6.0).reshape(2, 3)}
     save_file(weights, tmp_path / "a.safetensors")

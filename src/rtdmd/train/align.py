@@ -67,7 +67,7 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
         print("rtdmd: note: no differentiable reward, so the final step gets no reward back-propagation")
 
     streams = Streams(config.run.seed)
-    per_round = cfg.samples_per_iteration  # global samples of one round; sample j of round r has index r * per_round + j
+    per_round = cfg.samples_per_iteration  # global samples of a round; sample j of round r is r * per_round + j
     rows = list(dist.shard(per_round))
     cond_all = backbone.encode(list(prompts.texts))
     micro = cfg.micro_batch or len(rows)
@@ -118,9 +118,11 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
         for it in session.progress(state, cfg.iterations, "stage 2 (RTDMD)", ("reward", "reward/total")):
             trained = grpo.choose_step_subset(len(sigmas) - 2, cfg.subset_size, streams.generator("subset", it))
             rounds = [sample_round(it, r, trained) for r in range(cfg.sampling_rounds)]
-            scores = {name: torch.cat([dist.all_gather(rnd.scores[name]) for rnd in rounds]) for name in rounds[0].scores}
+            scores = {name: torch.cat([dist.all_gather(rnd.scores[name]) for rnd in rounds])
+                      for name in rounds[0].scores}
             metrics: dict = {f"reward/{n}": s.mean().item() for n, s in scores.items()}
-            metrics.update({"reward/total": rewards.total(scores).mean().item(), "trained_steps": "".join(map(str, trained))})
+            metrics.update({"reward/total": rewards.total(scores).mean().item(),
+                            "trained_steps": "".join(map(str, trained))})
             if state.guard.record("reward", state.guard.finite(torch.stack(list(scores.values())).sum(0))):
                 metrics.update(update(it, rounds, scores, trained))
 
@@ -179,5 +181,6 @@ def generator_terms(objective: objectives.Stage2Objective, generator, teacher, f
         terms["dm"] = objective.final_step_weight * objective.dm_weight * loss
         metrics.update(m)
     if objective.bp is not None:
-        terms["bp"] = objective.final_step_weight * objective.bp_weight * objective.bp(decode(x_final), texts, metadata)
+        bp = objective.bp(decode(x_final), texts, metadata)
+        terms["bp"] = objective.final_step_weight * objective.bp_weight * bp
     return terms, metrics

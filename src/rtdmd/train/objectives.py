@@ -196,8 +196,8 @@ class PolicyLoss:
             mean, std = samplers.cps_mean_std(x_k, v, sigma, sigma_next, eta)
             log_prob = self.log_prob(traj.states[k + 1], mean, std)
             behaviour = self.log_prob(traj.states[k + 1], traj.means[k], traj.stds[k])
-            loss, was_clipped = grpo.clipped_policy_loss(log_prob, log_prob.detach() if self.recompute_old
-                                                         else behaviour, advantages, self.clip_range)
+            old = log_prob.detach() if self.recompute_old else behaviour
+            loss, _ = grpo.clipped_policy_loss(log_prob, old, advantages, self.clip_range)
             terms.append(loss)
             clipped.append(grpo.clipped_policy_loss(log_prob.detach(), behaviour, advantages, self.clip_range)[1])
         per_sample = self.step_weight * torch.stack(terms).sum(0)

@@ -24,6 +24,7 @@ ARMS = {
 }
 SEEDS = (0, 1, 2)
 TOLERANCE = 0.10
+ITERATIONS = 1000  # stage-2 iterations of every arm (gmm/default ships 2000): the race is decided by then
 EVAL_SAMPLES = 500
 
 
@@ -49,7 +50,8 @@ def run(out: Path, quick: bool) -> Claim:
         stage1 = analytic.stage1(stage1_cfg, out / "gmm_default_stage1" / f"seed{seed}")
         for reward, arms in ARMS.items():
             for arm, overrides in arms.items():
-                cfg = analytic.config("gmm/default", [*overrides, f"run.eval_every={every}"], seed, quick)
+                budget = () if quick else (f"align.iterations={ITERATIONS}",)
+                cfg = analytic.config("gmm/default", [*overrides, *budget, f"run.eval_every={every}"], seed, quick)
 
                 def evaluate(parts, step, cfg=cfg):
                     summary = evaluate_role(parts, cfg, num=EVAL_SAMPLES)["summary"]

@@ -30,9 +30,14 @@ def finished(run_dir: Path, iterations: int) -> bool:
     return checkpoint is not None and int(checkpoint.name.split("_")[1]) >= iterations
 
 
+def started(run_dir: Path) -> bool:
+    """A checkpoint to continue from (a study killed mid-run resumes it)."""
+    return any((run_dir / "checkpoints").glob("step_*"))
+
+
 def stage1(cfg: Config, run_dir: Path) -> Path:
     if not finished(run_dir, cfg.distill.iterations):
-        distill.run(cfg, run_dir, resume=(run_dir / "checkpoints").exists())
+        distill.run(cfg, run_dir, resume=started(run_dir))
     return run_dir
 
 
@@ -48,7 +53,7 @@ def stage2(cfg: Config, run_dir: Path, from_dir: Path, evaluate: Callable | None
             curve.append({"step": step, **result})
             return result
 
-        align.run(cfg, run_dir, from_dir, evaluate=hook if evaluate is not None else None)
+        align.run(cfg, run_dir, from_dir, resume=started(run_dir), evaluate=hook if evaluate is not None else None)
         curve_file.write_text(json.dumps(curve))
     return run_dir
 

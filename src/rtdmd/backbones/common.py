@@ -4,6 +4,7 @@ protocol's role methods for LoRA roles."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -143,6 +144,7 @@ class LoraRoleMethods:
     :class:`~rtdmd.backbones.lora.RoleAdapters`): the same for every diffusers family."""
 
     roles: "RoleAdapters"
+    autocast_dtype: torch.dtype | None = None  # model forwards under torch.autocast in this dtype (None: off)
 
     def role(self, name: str, guidance: float | None = None) -> Velocity:
         scale = role_guidance(name, guidance, self.cfg.teacher_guidance)
@@ -156,6 +158,23 @@ class LoraRoleMethods:
 
     def fsdp_units(self) -> list[nn.Module]:
         return fsdp_units(self.roles.bases.values())
+
+    def enable_autocast(self, dtype: torch.dtype) -> None:
+        """``run.autocast``: the model's forward passes under ``torch.autocast(dtype)`` (see :meth:`precision`)."""
+        self.autocast_dtype = dtype
+
+    def precision(self):
+        """The context of a model forward: autocast in :attr:`autocast_dtype` when set. Only the transformer runs
+        in it; what the family does with its output (CFG combination, CPS steps, losses) happens after the output
+        is cast back to float32."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def enable_activation_checkpointing(self) -> None:
+        """``run.activation_checkpointing``: per-block checkpointing of the passes with gradient
+        (:meth:`RoleAdapters.enable_checkpointing`)."""
+        self.roles.enable_checkpointing()
 
     def start_stage2(self) -> None:
         self.roles.start_stage2()

@@ -113,7 +113,9 @@ class Flux2KleinBackbone(common.LoraRoleMethods):
         # As the pipeline: timestep = 1000 sigma in the latents' dtype, divided by 1000.
         timestep = (sigma.to(self.device).float() * 1000.0).expand(batch).to(self.dtype) / 1000
         forward = lambda h, t, c: self._forward(model, h, t, c)
-        return common.guided(forward, x.to(self.dtype), timestep, cond, self._cache, g).to(x.dtype)
+        with self.precision():
+            v = common.guided(forward, x.to(self.dtype), timestep, cond, self._cache, g)
+        return v.to(x.dtype)
 
     def _forward(self, model: nn.Module, h: Tensor, timestep: Tensor, cond: Cond) -> Tensor:
         embeds = cond["prompt_embeds"]

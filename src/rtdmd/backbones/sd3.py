@@ -98,7 +98,9 @@ class SD3Backbone(common.LoraRoleMethods):
         h = x.to(self.dtype)
         timestep = (sigma.to(self.device).float() * 1000.0).expand(x.shape[0])
         forward = lambda h, t, c: self._forward(model, h, t, c)
-        return common.guided(forward, h, timestep, cond, self._cache, g).to(x.dtype)
+        with self.precision():
+            v = common.guided(forward, h, timestep, cond, self._cache, g)
+        return v.to(x.dtype)
 
     @staticmethod
     def _forward(model: nn.Module, h: Tensor, timestep: Tensor, cond: Cond) -> Tensor:

@@ -158,7 +158,13 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto: cuda if available, else cpu; or any torch device string
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # model (frozen) dtype; trainable tensors stay fp32
+    # With dtype bf16 or fp16: the model's forward passes run under torch.autocast in that dtype (matrix products
+    # of base and adapters in bf16; the velocity, CFG, CPS steps and losses in float32). No effect with fp32.
+    autocast: bool = True
     parallel: Literal["ddp", "fsdp"] = "ddp"  # strategy when launched with several processes
+    # Keep only each transformer block's inputs in passes with gradient and recompute the rest in the backward
+    # pass (about one more forward of the trained passes, for a fraction of their activation memory).
+    activation_checkpointing: bool = False
     tensorboard: bool = False
     wandb: bool = False
     wandb_project: str = "rtdmd"

@@ -20,7 +20,7 @@ from rtdmd.train.checkpoint import load_checkpoint, save_checkpoint
 from rtdmd.train.components import Components, build_components
 from rtdmd.train.logging import MetricsLogger, progress
 from rtdmd.train.monitor import NonFiniteGuard
-from rtdmd.train.parallel import distribute, init_distributed, reshard
+from rtdmd.train.parallel import configure_execution, distribute, init_distributed, reshard
 from rtdmd.train.rundir import prepare_run_dir, stage_fingerprint
 from rtdmd.train.signals import StopRequest
 from rtdmd.train.state import TrainedRole, TrainState
@@ -58,6 +58,7 @@ class Session:
         """Distribute the trained roles over the ranks, build optimisers and EMA, restore the checkpoint when
         resuming, and open the metrics log. Call it once the roles hold their starting values."""
         distribute(self.backbone, TRAINED_ROLES, self.dist)
+        configure_execution(self.backbone, self.config.run)
         guard = NonFiniteGuard(self.dist, self.config.run.nonfinite_patience)
         role = lambda name, optim, **ema: TrainedRole(name, self.backbone.trainable(name), optim,  # noqa: E731
                                                       self.dist, guard, **ema)

@@ -79,7 +79,7 @@ class Flux1Backbone(common.LoraRoleMethods):
                                                         self.device, dtype)
         self.roles = RoleAdapters({"teacher": transformer, "generator": transformer, "fake": transformer},
                                   LoraSpec(cfg.rank, cfg.alpha, cfg.target_modules))
-        self._cache = common.PromptCache(self._encode, cfg.prompt_cache)
+        self._cache = common.PromptCache(self._encode, cfg.prompt_cache, self.device)
         self.generator_folder = pipe.rtdmd_folder
 
     def _encode(self, prompts: list[str]) -> Cond:

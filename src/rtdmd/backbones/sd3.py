@@ -79,7 +79,7 @@ class SD3Backbone(common.LoraRoleMethods):
         self.sample_shape = (transformer.config.in_channels, cfg.height // self.scale, cfg.width // self.scale)
         self.roles = RoleAdapters({"teacher": transformer, "generator": transformer, "fake": transformer},
                                   LoraSpec(cfg.rank, cfg.alpha, cfg.target_modules))
-        self._cache = common.PromptCache(self._encode, cfg.prompt_cache)
+        self._cache = common.PromptCache(self._encode, cfg.prompt_cache, self.device)
         self.generator_folder = pipe.rtdmd_folder
 
     # Conditioning

@@ -162,6 +162,12 @@ class RunConfig:
     # of base and adapters in bf16; the velocity, CFG, CPS steps and losses in float32). No effect with fp32.
     autocast: bool = True
     parallel: Literal["ddp", "fsdp"] = "ddp"  # strategy when launched with several processes
+    # Encode the training and evaluation prompts once at start (and the empty prompt), then free the text
+    # encoders; rows are kept in host memory, or read back from run.embedding_cache when it is set.
+    free_text_encoders: bool = False
+    embedding_cache: str = ""  # folder of prompt embeddings on disk (safetensors, keyed by model and settings)
+    reward_device: str = ""  # where reward models run ("" = run.device; e.g. cpu, or another GPU: cuda:1)
+    reward_offload: bool = False  # reward weights wait in host memory between calls
     # Keep only each transformer block's inputs in passes with gradient and recompute the rest in the backward
     # pass (about one more forward of the trained passes, for a fraction of their activation memory).
     activation_checkpointing: bool = False

@@ -34,6 +34,16 @@ def every(step: int, period: int) -> bool:
     return period > 0 and step % period == 0
 
 
+def precompute_embeddings(backbone, world, run) -> None:
+    """Encode the training and evaluation prompts once, up front (``run.embedding_cache``: through a disk cache),
+    then free the text encoders when ``run.free_text_encoders``; the loops and the evaluation look rows up. A
+    backbone without the hook (the analytic ``mlp``: no text encoder) encodes on demand."""
+    hook = getattr(backbone, "precompute_embeddings", None)
+    if hook is not None:
+        hook([world.prompts(split).texts for split in ("train", "eval")], cache_dir=run.embedding_cache or None,
+             free_text_encoders=run.free_text_encoders)
+
+
 class Session:
     def __init__(self, config: Config, stage: str, run_dir: str | Path, *, resume: bool = False,
                  evaluate: Evaluate | None = None, info: Mapping[str, Any] | None = None):
@@ -42,6 +52,7 @@ class Session:
         self.checkpoint = prepare_run_dir(self.run_dir, config, stage, resume, self.dist.is_main, dict(info or {}))
         self.parts = build_components(config, self.device)
         self.backbone, self.world, self.rewards = self.parts.backbone, self.parts.world, self.parts.rewards
+        precompute_embeddings(self.backbone, self.world, config.run)
         self.fingerprint = stage_fingerprint(config, stage)
         self.logger: MetricsLogger | None = None
         self.bar = None

@@ -242,6 +242,10 @@ class LoraRoleMethods:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    def compile_blocks(self, backend: str) -> None:
+        """``run.compile``: :meth:`RoleAdapters.compile_blocks`."""
+        self.roles.compile_blocks(backend)
+
     def enable_activation_checkpointing(self) -> None:
         """``run.activation_checkpointing``: per-block checkpointing of the passes with gradient
         (:meth:`RoleAdapters.enable_checkpointing`)."""

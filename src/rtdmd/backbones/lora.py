@@ -83,6 +83,11 @@ def set_active(layers: Sequence[nn.Module], adapters: Sequence[str]) -> None:
             layer._active_adapter = list(adapters)
 
 
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks of a diffusers transformer (joint, then single-stream)."""
+    return [b for name in ("transformer_blocks", "single_transformer_blocks") for b in getattr(model, name, None) or []]
+
+
 def _adapter_params(model: nn.Module, adapter: str) -> dict[str, nn.Parameter]:
     tag = f".{adapter}."
     return {n.replace(tag, "."): p for n, p in model.named_parameters() if tag in n}
@@ -165,6 +170,18 @@ class RoleAdapters:
         and the rollouts', pay nothing), with :meth:`checkpoint` as the checkpoint function."""
         for model in dict.fromkeys(self.bases.values()):
             model.enable_gradient_checkpointing(gradient_checkpointing_func=self.checkpoint)
+
+    def compile_blocks(self, backend: str) -> None:
+        """``torch.compile`` of each transformer block's forward (``run.compile``), the unit that repeats. The
+        module's own call stays eager, so FSDP's hooks and the checkpointing above run around the compiled code.
+        Every role (its active adapters), gradient mode and batch size is a variant compiled once; the limit on
+        variants per block is raised to hold them all."""
+        import torch._dynamo
+
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        for model in dict.fromkeys(self.bases.values()):
+            for block in transformer_blocks(model):
+                block.forward = torch.compile(block.forward, backend=backend)
 
     def checkpoint(self, block: nn.Module, *args):
         """``block(*args)`` keeping only its inputs; the backward pass recomputes the rest with the adapters that

@@ -171,6 +171,8 @@ class RunConfig:
     # Keep only each transformer block's inputs in passes with gradient and recompute the rest in the backward
     # pass (about one more forward of the trained passes, for a fraction of their activation memory).
     activation_checkpointing: bool = False
+    # torch.compile of each transformer block's forward (aot_eager: traced, not code-generated; for checks)
+    compile: Literal["off", "inductor", "aot_eager"] = "off"
     tensorboard: bool = False
     wandb: bool = False
     wandb_project: str = "rtdmd"

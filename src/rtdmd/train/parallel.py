@@ -193,14 +193,17 @@ def shard_backbone(backbone, roles: list[str], d: Dist) -> None:
 
 
 def configure_execution(backbone, run) -> None:
-    """How the model executes (``run.activation_checkpointing``, ``run.autocast``), applied from outside the model
-    as FSDP is, through the backbone's optional hooks. A backbone without the hook refuses an option in one line;
-    autocast is skipped by a backbone that has no low-precision forward (the analytic ``mlp``)."""
+    """How the model executes (``run.activation_checkpointing``, ``run.autocast``, ``run.compile``), applied from
+    outside the model as FSDP is, through the backbone's optional hooks. A backbone without the hook refuses an
+    option in one line; autocast is skipped by a backbone that has no low-precision forward (the analytic
+    ``mlp``)."""
     enable_autocast = getattr(backbone, "enable_autocast", None)
     if run.autocast and run.dtype != "fp32" and enable_autocast is not None:
         enable_autocast(torch_dtype(run.dtype))
     if run.activation_checkpointing:
         _hook(backbone, "enable_activation_checkpointing", "activation_checkpointing")()
+    if run.compile != "off":
+        _hook(backbone, "compile_blocks", "compile")(run.compile)
 
 
 def _hook(backbone, name: str, option: str):

@@ -20,6 +20,7 @@ from rtdmd.functional import schedules
 if TYPE_CHECKING:
     from rtdmd.backbones.lora import RoleAdapters
 
+ENCODE_BATCH = 32  # prompts per text-encoder batch of the up-front encode (its activations must fit a GPU)
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 """LoRA targets of the published recipe: the attention projections of the joint blocks (spec 4.7)."""
 
@@ -206,9 +207,10 @@ class LoraRoleMethods:
 
     def precompute_embeddings(self, prompt_sets: Sequence[Sequence[str]], *, cache_dir: str | None = None,
                               free_text_encoders: bool = False) -> None:
-        """Encode each prompt set in one batch (the grouping the loops used, so every row has the same bits as
-        before) and the empty prompt, reading and writing ``cache_dir`` when given; then optionally free the text
-        encoders. Without a disk cache every row must stay in (host) memory once the encoders are gone."""
+        """Encode each prompt set in batches of ``ENCODE_BATCH`` prompts (one batch for a set that small: the
+        grouping the loops used, so every row has the same bits as before) and the empty prompt, reading and
+        writing ``cache_dir`` when given; then optionally free the text encoders. Without a disk cache every row
+        must stay in (host) memory once the encoders are gone."""
         from rtdmd.backbones.embedding_store import EmbeddingStore
 
         if cache_dir:
@@ -217,8 +219,9 @@ class LoraRoleMethods:
         if free_text_encoders and self._cache.store is None:
             self._cache.capacity = max(self._cache.capacity, total)
         for prompts in (*prompt_sets, [""]):
-            if prompts:
-                self._cache(list(prompts))
+            prompts = list(dict.fromkeys(prompts))
+            for first in range(0, len(prompts), ENCODE_BATCH):
+                self._cache(prompts[first:first + ENCODE_BATCH])
         if free_text_encoders:
             self.free_text_encoders()
 

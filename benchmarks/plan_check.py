@@ -52,6 +52,7 @@ class AllocatorPeak:
 
     def __init__(self):
         self.peak: dict[str, int] = {}
+        self.increment: dict[str, int] = {}  # the peak above the baseline: what the loop itself allocated
         self.stage = ""
 
     def start(self, stage: str) -> None:
@@ -68,17 +69,22 @@ class AllocatorPeak:
         for event in sorted(events, key=lambda e: e.start_ns()):
             current += event.nbytes()
             top = max(top, current)
-        self.peak[self.stage] = self.baseline + top
+        self.peak[self.stage], self.increment[self.stage] = self.baseline + top, top
 
 
 def measure(config_file: Path, out: Path) -> dict[str, int]:
     """Both stages of ``config_file`` through the real loops; the allocator peak of each training loop."""
     from rtdmd.config import load_config
+
+    torch.set_num_threads(1)
+    return measured_runs(load_config(config_file), out).peak
+
+
+def measured_runs(config, out: Path, stages=STAGES) -> AllocatorPeak:
+    """Run ``stages`` of ``config`` through the real loops under an :class:`AllocatorPeak`."""
     from rtdmd.train import align, distill
     from rtdmd.train.session import Session
 
-    torch.set_num_threads(1)
-    config = load_config(config_file)
     meter = AllocatorPeak()
     progress, finish = Session.progress, Session.finish
 
@@ -93,11 +99,12 @@ def measure(config_file: Path, out: Path) -> dict[str, int]:
     Session.progress, Session.finish = start, stop
     try:
         distill.run(config, out / "s1")
-        gc.collect()
-        align.run(config, out / "s2", out / "s1")
+        if "align" in stages:
+            gc.collect()
+            align.run(config, out / "s2", out / "s1")
     finally:
         Session.progress, Session.finish = progress, finish
-    return meter.peak
+    return meter
 
 
 def planned(config_file: Path, prompts: int) -> dict[str, dict]:

@@ -17,6 +17,7 @@ COMMANDS = [
     "rtdmd.commands.demo",
     "rtdmd.commands.reward_server",
     "rtdmd.commands.export",
+    "rtdmd.commands.plan",
 ]
 
 

@@ -95,3 +95,28 @@ def test_blocks_recompute_only_in_passes_with_gradient(family, folders):
     backbone.role("generator")(x, SIGMA, cond).square().sum().backward()
     # Forward once per block, then once more per block in the backward pass (the recomputation).
     assert counts == {"grad": 2 * blocks, "no_grad": blocks}
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux2_klein"])
+def test_vae_decoder_checkpointed_too(family, folders):
+    """Stage 2's reward back-propagation decodes with gradient: the decoder's blocks are checkpointed as well,
+    with the same gradients, and a decode without gradient (the rollout's, for the rewards) pays nothing."""
+    grads, calls = [], []
+    for checkpointing in (False, True):
+        backbone = build(family, folders[family])
+        if checkpointing:
+            backbone.enable_activation_checkpointing()
+        up = backbone.pipe.vae.decoder.up_blocks
+        count = {"n": 0}
+        for block in up:
+            block.register_forward_pre_hook(lambda m, a: count.__setitem__("n", count["n"] + 1))
+        x = backbone.noise(seeded_generators([3, 4])).requires_grad_(True)
+        with torch.no_grad():
+            backbone.decode(x)
+        no_grad = count["n"]
+        (grad,) = torch.autograd.grad(backbone.decode(x).square().sum(), x)
+        grads.append(grad)
+        calls.append((no_grad, count["n"] - no_grad))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=1e-9)
+    blocks = len(up)
+    assert calls == [(blocks, blocks), (blocks, 2 * blocks)]  # recomputed in the backward pass only

@@ -251,8 +251,12 @@ class LoraRoleMethods:
 
     def enable_activation_checkpointing(self) -> None:
         """``run.activation_checkpointing``: per-block checkpointing of the passes with gradient
-        (:meth:`RoleAdapters.enable_checkpointing`)."""
+        (:meth:`RoleAdapters.enable_checkpointing`), and of the VAE decoder's blocks, which stage 2's reward
+        back-propagation decodes with gradient (at 512 px its activations outweigh the transformer's)."""
         self.roles.enable_checkpointing()
+        vae = self.pipe.vae
+        if vae is not None and getattr(vae, "_supports_gradient_checkpointing", False):
+            vae.enable_gradient_checkpointing(gradient_checkpointing_func=self.roles.checkpoint)
 
     def start_stage2(self) -> None:
         self.roles.start_stage2()

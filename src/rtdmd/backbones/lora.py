@@ -113,6 +113,7 @@ class RoleAdapters:
         self._state: dict[int, tuple[str, ...]] = {}  # id(base) -> its active adapters (empty: base only)
         self.folded: dict[int, str] = {}  # id(base) -> the role folded into it (see fold)
         self._block_layers: dict[int, list[nn.Module]] = {}  # id(block) -> its LoRA layers (checkpointing)
+        self.recomputing = 0  # > 0 while a checkpointed block is recomputed in a backward pass
         self._new_stage()
 
     def _new_stage(self) -> None:
@@ -205,15 +206,16 @@ class RoleAdapters:
     @contextlib.contextmanager
     def _recomputing(self, block: nn.Module, active: tuple[bool, tuple[str, ...]]) -> Iterator[None]:
         now = self._block_state(block)
-        if now == active:
-            yield
-            return
         layers = self._block_layers[id(block)]
-        set_active(layers, () if active[0] else active[1])
+        if now != active:
+            set_active(layers, () if active[0] else active[1])
+        self.recomputing += 1  # read by FLOP counters: recomputation is not model work
         try:
             yield
         finally:
-            set_active(layers, () if now[0] else now[1])
+            self.recomputing -= 1
+            if now != active:
+                set_active(layers, () if now[0] else now[1])
 
     def trainable(self, role: str) -> dict[str, nn.Parameter]:
         if role not in TRAINED_ROLES:

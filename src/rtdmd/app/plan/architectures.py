@@ -64,6 +64,11 @@ class StubTokenizer:
     def batch_decode(self, ids, **kwargs) -> list[str]:
         return [""] * len(ids)
 
+    def tokenize(self, text: str, **kwargs) -> list[str]:  # textual-inversion lookups find nothing
+        return []
+
+    added_tokens_encoder: dict = {}
+
     def __len__(self) -> int:
         return 1
 
@@ -122,15 +127,20 @@ def configs_only(dtype: torch.dtype, device: torch.device | str = "meta") -> Ite
     """The backbone builders load pipelines and transformers from configs alone, created on ``device``."""
     from rtdmd.backbones import loading
 
+    create_on = device
+
     def resolve_folder(path: str) -> Path:
         return architecture_folder(path)
 
-    def load_pipeline(pipeline_cls, path: str, *, device, dtype):
-        return pipeline(pipeline_cls, architecture_folder(path), dtype, device)
+    def load_pipeline(pipeline_cls, path: str, *, device, dtype):  # the run's device: created on ``create_on``
+        return pipeline(pipeline_cls, architecture_folder(path), dtype, create_on)
 
     def from_pretrained(load, folder: Path):
         config = read_json(Path(folder) / "transformer" / "config.json")
-        return component(Path(folder) / "transformer", "diffusers", config["_class_name"], dtype, device)
+        module = component(Path(folder) / "transformer", "diffusers", config["_class_name"], dtype, create_on)
+        if torch.device(create_on).type == "meta":  # the builder moves it to the run's device: stay on meta
+            module.to = lambda *args, **kwargs: module
+        return module
 
     saved = loading.resolve_folder, loading.load_pipeline, loading.from_pretrained
     loading.resolve_folder, loading.load_pipeline, loading.from_pretrained = resolve_folder, load_pipeline, from_pretrained
@@ -156,9 +166,13 @@ def fake_tensors(modules, mode, device: torch.device) -> None:
 
 
 class NoScore:
-    """A reward scored elsewhere or without gradient and without a model here (a reward server): zeros."""
+    """A reward scored elsewhere or without gradient and without a model here (a reward server): zeros. ``note``
+    says why, for the plan's report."""
 
     differentiable = False
+
+    def __init__(self, note: str = ""):
+        self.note = note
 
     def __call__(self, images, prompts, metadata=None):
         return torch.zeros(images.shape[0], device=images.device)
@@ -175,8 +189,12 @@ def reward_model(params, device: torch.device | str):
 
     architecture = getattr(type(params), "architecture", None)
     if architecture is None:
-        built = registry.builder("reward", params.kind)(params, world=None, device=device)
-        return built if built.differentiable else NoScore()
+        try:
+            built = registry.builder("reward", params.kind)(params, world=None, device=device)
+        except UserError as err:  # e.g. a reward server that is not running here
+            return NoScore(f"{params.kind}: not built here ({str(err).split(':')[0]}); planned as costing nothing "
+                           "on this GPU")
+        return built if built.differentiable else NoScore(f"{params.kind}: no gradient and no model here")
     path = getattr(params, "path", None)
     folder = Path(path).expanduser() if path and (Path(path).expanduser() / "config.json").is_file() else None
     folder = folder or architecture_folder(architecture)

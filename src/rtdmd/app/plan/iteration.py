@@ -5,8 +5,9 @@ execute it, without their run directory, logging, checkpoints or random prompt c
 ``tests/app/test_plan.py`` checks that both make the same model calls. The planner runs it on fake tensors; the
 GPU benchmark runs it for real.
 
-Stage 1 is its most expensive iteration: the rollouts run all ``len(step_list)`` steps (``k = 4``, the most
-stored states; memory does not depend on ``k``: one step has gradient) and the generator is updated too.
+Stage 1 is an iteration that updates the generator too, with the random stop ``k`` given (the planner takes
+``k = 1``: its peak is every ``k``'s, one step having gradient and the others leaving only their result, and its
+rollouts are the cheapest to simulate; FLOPs of other stops are added from the cost of one rollout step).
 Stage 2 samples ``rounds`` rounds (the caller extrapolates to ``align.sampling_rounds``) with the first
 ``subset_size`` steps trained.
 """
@@ -36,7 +37,7 @@ def distill_iteration(backbone, state: TrainState, objective, cfg: DistillConfig
                       sigmas: Tensor, device, *, it: int = 0, stop: int | None = None,
                       phase: Phase = no_phase) -> None:
     """Stage 1 on the samples of ``texts`` (one per sample): the fake-score update, then the generator update."""
-    stop = len(sigmas) - 1 if stop is None else stop
+    stop = len(sigmas) - 1 if stop is None else stop  # k, the random stop of both rollouts
     streams, rows = Streams(0), list(range(len(texts)))
     teacher, generator, fake = backbone.role("teacher"), backbone.role("generator"), backbone.role("fake")
 
@@ -63,8 +64,9 @@ def distill_iteration(backbone, state: TrainState, objective, cfg: DistillConfig
 def align_iteration(backbone, rewards, state: TrainState, objective, cfg: AlignConfig, texts: Sequence[str],
                     metadata: Sequence[dict], sigmas: Tensor, device, *, rounds: int = 1, it: int = 0,
                     phase: Phase = no_phase, hold: list | None = None) -> None:
-    """Stage 2 on the samples of ``texts`` (one per sample and round: this rank's share of a round): rollouts and
+    """Stage 2 on the samples of ``texts`` (one per sample and round: rank 0's share of a round): rollouts and
     rewards of every round, the fake-score update, advantages, the generator's micro-batches, one step each.
+    The other ranks' scores, which the loop gathers for the advantages, are stood in for by copies of this rank's.
     ``hold`` (a list) receives the rounds, so that a caller can measure what one round keeps."""
     streams, rows = Streams(0), list(range(len(texts)))
     teacher, generator, fake = backbone.role("teacher"), backbone.role("generator"), backbone.role("fake")
@@ -74,7 +76,7 @@ def align_iteration(backbone, rewards, state: TrainState, objective, cfg: AlignC
 
     def sample_round(r: int) -> align.Round:
         cond = backbone.encode(texts)
-        draw = Draw(streams, it, [r * len(rows) + j for j in rows], tuple(backbone.sample_shape), device)
+        draw = Draw(streams, it, [r * cfg.samples_per_iteration + j for j in rows], tuple(backbone.sample_shape), device)
         traj = align.group_rollout(generator, cond, draw, cfg.group_size, sigmas, cfg.eta, trained)
         return align.Round(cond, texts, metadata, draw, traj, rewards.score(backbone.decode(traj.final), texts,
                                                                              metadata))
@@ -83,7 +85,8 @@ def align_iteration(backbone, rewards, state: TrainState, objective, cfg: AlignC
         sampled = [sample_round(r) for r in range(rounds)]
         if hold is not None:
             hold.extend(sampled)
-        scores = {name: torch.cat([rnd.scores[name] for rnd in sampled]) for name in sampled[0].scores}
+        ranks = cfg.samples_per_iteration // len(rows)
+        scores = {name: torch.cat([rnd.scores[name].repeat(ranks) for rnd in sampled]) for name in sampled[0].scores}
     with phase("fake-score update"):
         for u in range(cfg.fake_update_ratio):
             for rnd in sampled:
@@ -93,9 +96,9 @@ def align_iteration(backbone, rewards, state: TrainState, objective, cfg: AlignC
         del loss
     with phase("generator update"):
         advantages = objective.advantages(scores, rewards.weights, cfg.group_size)
-        total = len(sampled) * len(rows)
+        total, per_round = len(sampled) * len(rows), cfg.samples_per_iteration
         for r, rnd in enumerate(sampled):
-            adv = advantages[r * len(rows):(r + 1) * len(rows)].to(device)
+            adv = advantages[torch.as_tensor([r * per_round + j for j in rows])].to(device)
             for begin in range(0, len(rows), micro):
                 part = slice(begin, begin + micro)
                 terms, _ = align.generator_terms(objective, generator, teacher, fake, backbone.decode, sigmas,

@@ -53,6 +53,7 @@ TERMS = ("frozen base", "adapters", "gradients", "optimizer", "EMA", "activation
          "text encoders", "VAE", "rewards", "prompt embeddings", "other")
 STAGES = ("distill", "align")
 ENCODE_BATCH = 32  # prompts per batch of the up-front encode (rtdmd.backbones.common.ENCODE_BATCH)
+PROMPTS = [f"prompt {i}" for i in range(ENCODE_BATCH)]
 
 
 @dataclass
@@ -70,6 +71,10 @@ class StagePlan:
     flops: float
     mean_flops: float  # the stage's mean iteration (stage 1: random stop and generator every fake_update_ratio)
     host: dict[str, int] = field(default_factory=dict)
+    phase_peaks: dict[str, int] = field(default_factory=dict)  # tracked bytes (gradients, activations) per phase
+    transformer_bytes: int = 0  # one frozen transformer (the teacher's), whole
+    lora_params: int = 0  # one role's trained adapter parameters
+    notes: list[str] = field(default_factory=list)
 
     @property
     def peak(self) -> int:
@@ -143,6 +148,7 @@ class Planner:
     def __init__(self, config: Config, device: str = "cpu"):
         self.config, self.device = config, torch.device(device)
         self._cache: dict[tuple, Measured] = {}
+        self._parts: dict[tuple, tuple] = {}
 
     def plan(self, stage: str, gpus: int, checkpointing: bool | None = None) -> StagePlan:
         if checkpointing is None:
@@ -157,9 +163,14 @@ class Planner:
 
     # -- one fake iteration --------------------------------------------------------------------------------
 
-    def _measure(self, stage: str, rows: int, checkpointing: bool) -> Measured:
+    def _built(self, stage: str, checkpointing: bool):
+        """The fake backbone and rewards of ``stage``, the fake mode and the start-up peak, built once per stage
+        and checkpointing setting (the per-rank batch only changes the iteration)."""
         from torch._subclasses.fake_tensor import FakeTensorMode
 
+        key = (stage, checkpointing)
+        if key in self._parts:
+            return self._parts[key]
         config = self.config
         run = dataclasses.replace(config.run, activation_checkpointing=checkpointing, compile="off")
         dtype = torch_dtype(run.dtype)
@@ -173,47 +184,65 @@ class Planner:
         mode = FakeTensorMode(allow_non_fake_inputs=True)
         architectures.fake_tensors([*modules_of(backbone), *modules_of(rewards)], mode, self.device)
         configure_execution(backbone, run)
+        with mode:
+            startup = self._startup(backbone, rewards, run)
+        self._parts[key] = backbone, rewards, mode, startup
+        return self._parts[key]
+
+    def _measure(self, stage: str, rows: int, checkpointing: bool) -> Measured:
+        config = self.config
+        backbone, rewards, mode, startup = self._built(stage, checkpointing)
         texts, metadata = self._prompts(stage, rows)
         sigmas = backbone.generator_sigmas(getattr(config, stage).step_list)
         with mode:
-            startup = self._startup(backbone, texts, run)
             state = self._train_state(backbone, stage)
             terms, host, shards = self._persistent(backbone, rewards, state, stage)
             known = [o for o in gc.get_objects() if isinstance(o, Tensor)]
             tracker, phases = MemoryTracker(known), {}
-            for p in (p for role in TRAINED_ROLES for p in backbone.trainable(role).values()):
-                p.register_post_accumulate_grad_hook(lambda p: tracker.tag(p.grad, "gradients"))
+            hooks = [p.register_post_accumulate_grad_hook(lambda p: tracker.tag(p.grad, "gradients"))
+                     for role in TRAINED_ROLES for p in backbone.trainable(role).values()]
             hold: list = []
             with tracker:
                 self._iteration(stage, backbone, rewards, state, texts, metadata, sigmas, hold, phases, tracker)
             round_bytes = storage_bytes(_tensors_of(hold))
             hold.clear()
+            for hook in hooks:
+                hook.remove()
             forward = self._forward_flops(backbone, texts, sigmas) if stage == "distill" else 0.0
+            del state
         terms.update(gradients=tracker.peak_split.get("gradients", 0),
                      activations=tracker.peak_split.get("activations", 0))
         rounds = config.align.sampling_rounds if stage == "align" else 1
         terms["activations"] += (rounds - 1) * round_bytes
-        total = float(tracker.flops) * rounds
-        mean = self._mean_flops(phases, forward, len(sigmas) - 1) if stage == "distill" else total
+        total = mean = float(tracker.flops) * rounds
+        if stage == "distill":
+            total, mean = self._stage1_flops(phases, forward, len(sigmas) - 1)
         micro = min(config.align.micro_batch or rows, rows) if stage == "align" else rows
-        plan = StagePlan(stage, 1, rows, micro, checkpointing, terms, startup, total, mean, host)
+        teacher = backbone.roles.bases["teacher"]
+        transformer = storage_bytes(t for n, t in (*teacher.named_parameters(), *teacher.named_buffers())
+                                    if ".lora_" not in n)
+        lora = sum(p.numel() for p in backbone.trainable("generator").values())
+        notes = [e.reward.note for e in rewards.entries if getattr(e.reward, "note", "")]
+        plan = StagePlan(stage, 1, rows, micro, checkpointing, terms, startup, total, mean, host,
+                         dict(tracker.phase_peaks), transformer, lora, notes)
         return Measured(plan, shards, self._units(backbone))
 
     def _prompts(self, stage: str, rows: int) -> tuple[list[str], list[dict]]:
-        """Synthetic prompts, one per sample (stage 2: one per group of ``group_size``, as the loop repeats them);
-        every text encoder here pads to a fixed length, so their text does not matter."""
+        """Synthetic prompts, one per sample (stage 2: one per group of ``group_size``, as the loop repeats them),
+        among ``ENCODE_BATCH`` distinct ones (rows are copied per sample either way); every text encoder here
+        pads to a fixed length, so their text does not matter."""
         group = self.config.align.group_size if stage == "align" else 1
-        texts = [f"prompt {j // group}" for j in range(rows)]
+        texts = [PROMPTS[j // group % ENCODE_BATCH] for j in range(rows)]
         return texts, [{} for _ in texts]
 
-    def _startup(self, backbone, texts, run) -> int:
-        """Peak while every model is loaded and the prompts are encoded (before the encoders are freed)."""
+    def _startup(self, backbone, rewards, run) -> int:
+        """Peak while every model is loaded and a full batch of prompts is encoded (before the encoders are
+        freed): the up-front encode of the session."""
         known = [o for o in gc.get_objects() if isinstance(o, Tensor)]
-        resident = storage_bytes(t for t in known if t.device.type == self.device.type)
+        resident = storage_bytes(module_tensors([*modules_of(backbone), *modules_of(rewards)]))
         tracker = MemoryTracker(known)
-        prompts = sorted(set(texts)) + [f"filler {i}" for i in range(ENCODE_BATCH - len(set(texts)))]
-        with tracker:  # a full chunk of the bulk encode
-            backbone.precompute_embeddings([prompts], free_text_encoders=run.free_text_encoders)
+        with tracker:
+            backbone.precompute_embeddings([PROMPTS], free_text_encoders=run.free_text_encoders)
         return resident + tracker.peak
 
     def _train_state(self, backbone, stage: str) -> TrainState:
@@ -275,13 +304,14 @@ class Planner:
 
         @contextmanager
         def phase(name: str) -> Iterator[None]:
-            before = tracker.flops
+            before, tracker.phase = tracker.flops, name
             yield
             phases[name] = tracker.flops - before
 
         if stage == "distill":
             objective = objectives.stage1(cfg)
-            iteration.distill_iteration(backbone, state, objective, cfg, texts, sigmas, self.device, phase=phase)
+            iteration.distill_iteration(backbone, state, objective, cfg, texts, sigmas, self.device, stop=1,
+                                        phase=phase)
         else:
             objective = objectives.stage2(cfg, self.config.beta, rewards)
             iteration.align_iteration(backbone, rewards, state, objective, cfg, texts, metadata, sigmas,
@@ -296,12 +326,16 @@ class Planner:
             backbone.role("generator")(x, sigmas[:1].expand(len(texts)), cond)
         return float(counter.flops)
 
-    def _mean_flops(self, phases, forward, steps) -> float:
-        """Stage 1's mean iteration: rollouts stop after k ~ U{1..steps} steps (mean (steps + 1) / 2, planned
-        with all of them) and the generator is updated every ``fake_update_ratio`` iterations."""
+    def _stage1_flops(self, phases, forward, steps) -> tuple[float, float]:
+        """Stage 1 planned with the random stop k = 1: FLOPs of the iteration with k = ``steps`` (rollouts of every
+        step, the most expensive) and of the mean iteration (k ~ U{1..steps}, mean (steps + 1) / 2, and the
+        generator updated every ``fake_update_ratio`` iterations), from the cost of one rollout step."""
         cfg = self.config.distill
-        saved = (steps - (steps + 1) / 2) * forward if cfg.method == "acdmd" else 0.0
-        return phases["fake-score update"] - saved + (phases["generator update"] - saved) / cfg.fake_update_ratio
+        fake, generator = phases["fake-score update"], phases["generator update"]
+        mean_k = (steps + 1) / 2 if cfg.method == "acdmd" else steps
+        worst = fake + generator + 2 * (steps - 1) * forward
+        mean = fake + (mean_k - 1) * forward + (generator + (mean_k - 1) * forward) / cfg.fake_update_ratio
+        return worst, mean
 
     # -- per rank ----------------------------------------------------------------------------------------------
 

@@ -65,6 +65,8 @@ class MemoryTracker(TorchDispatchMode):
         self.current = 0
         self.peak = 0
         self.peak_split: dict[str, int] = {}  # by_tag at the peak
+        self.phase = ""  # the caller's label of what runs now
+        self.phase_peaks: dict[str, int] = {}  # the peak of the tracked bytes while each phase ran
         for t in known:
             self._know(t.untyped_storage())
 
@@ -89,6 +91,8 @@ class MemoryTracker(TorchDispatchMode):
             self._move(old, -size)
             self._move(label, size)
             self.live[key] = (size, label)
+            if self.current == self.peak:  # tagged at the peak (a gradient just accumulated): the split follows
+                self.peak_split = dict(self.by_tag)
 
     def reset_peak(self) -> None:
         self.peak, self.peak_split = self.current, dict(self.by_tag)
@@ -131,6 +135,8 @@ class MemoryTracker(TorchDispatchMode):
         weakref.finalize(storage, self._free, key)
         if self.current > self.peak:
             self.peak, self.peak_split = self.current, dict(self.by_tag)
+        if self.current > self.phase_peaks.get(self.phase, 0):
+            self.phase_peaks[self.phase] = self.current
 
     def _free(self, key: int) -> None:
         if key in self.live:

@@ -122,18 +122,42 @@ def planned(config_file: Path, prompts: int) -> dict[str, dict]:
     return out
 
 
+SHORT = {"distill": {"iterations": 2, "fake_update_ratio": 1, "batch_size": 4, "checkpoint_every": 0},
+         "align": {"iterations": 2, "prompts_per_iteration": 2, "group_size": 2, "checkpoint_every": 0}}
+
+
+def family_config(root: Path, family: str) -> dict:
+    """The test suite's tiny FLUX.1-dev or FLUX.2-klein pipeline (16 px) with the benchmarks' CLIPScore reward."""
+    from tests.backbones import tiny_pipelines
+    from tests.backbones.conftest import FAMILIES, HW
+
+    folder = root.parent / f"{family}_pipeline"
+    if not (folder / "model_index.json").is_file():
+        build = {"flux1_dev": lambda: tiny_pipelines.flux1_pipeline(folder, guidance_embeds=True),
+                 "flux2_klein": lambda: tiny_pipelines.flux2_klein_pipeline(folder)}[family]
+        build()
+    raw = fixtures.run_config(root, fixtures.SIZES["tiny"], **SHORT)
+    kind = FAMILIES[family][0].rsplit(".", 1)[1]
+    raw["backbone"] = {"kind": kind, "path": str(folder), "height": HW, "width": HW,
+                       **{k: list(v) if isinstance(v, tuple) else v for k, v in FAMILIES[family][2].items()}}
+    return raw
+
+
 def configurations(root: Path) -> list[tuple[str, Path, int]]:
     """(label, config file, number of distinct prompts) of the small configurations compared."""
-    short = {"distill": {"iterations": 2, "fake_update_ratio": 1, "batch_size": 4, "checkpoint_every": 0},
-             "align": {"iterations": 2, "prompts_per_iteration": 2, "group_size": 2, "checkpoint_every": 0}}
     out = []
-    for size, dtype in (("small", "fp32"), ("small", "bf16"), ("tiny", "fp32")):
+    variants = [(f"SD3 {size}, {dtype}", lambda r, size=size: fixtures.run_config(r, fixtures.SIZES[size], **SHORT),
+                 dtype) for size, dtype in (("small", "fp32"), ("small", "bf16"), ("tiny", "fp32"))]
+    variants += [(f"{label} tiny, bf16", lambda r, family=family: family_config(r, family), "bf16")
+                 for label, family in (("FLUX.1-dev", "flux1_dev"), ("FLUX.2-klein", "flux2_klein"))]
+    for label, make, dtype in variants:
         for checkpointing in (False, True):
-            name = f"SD3 {size}, {dtype}, " + ("checkpointing" if checkpointing else "no checkpointing")
-            raw = fixtures.run_config(root / f"{size}_{dtype}_{int(checkpointing)}", fixtures.SIZES[size], **short)
+            stem = f"{label.replace(' ', '_').replace(',', '').replace('.', '')}_{int(checkpointing)}"
+            raw = make(root / stem)
             raw["run"].update(dtype=dtype, activation_checkpointing=checkpointing, progress=False)
-            file = root / f"{size}_{dtype}_{int(checkpointing)}.yaml"
+            file = root / f"{stem}.yaml"
             file.write_text(yaml.safe_dump(raw))
+            name = f"{label}, " + ("checkpointing" if checkpointing else "no checkpointing")
             out.append((name, file, len(fixtures.PROMPTS)))
     return out
 
@@ -143,7 +167,7 @@ def compare(root: Path) -> tuple[list[list], bool]:
     for name, file, prompts in configurations(root):
         run_dir = root / (file.stem + "_runs")
         done = subprocess.run([sys.executable, "-m", "benchmarks.plan_check", "--measure", str(file), str(run_dir)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"measuring {name} failed:\n{done.stderr[-3000:]}")
         measured = json.loads(done.stdout.strip().splitlines()[-1])

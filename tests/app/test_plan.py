@@ -9,7 +9,12 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from benchmarks.counting import CallLog, CountingBackbone, counting_rewards, instrumented
+from benchmarks.counting import (
+    CallLog,
+    CountingBackbone,
+    counting_rewards,
+    instrumented,
+)
 from benchmarks.plan_check import measured_runs
 from rtdmd.app.plan import iteration
 from rtdmd.app.plan.planner import Planner
@@ -102,7 +107,7 @@ def test_parse_memory_and_the_fewest_gpus():
             self.gpus, self.needed = gpus, 100 / gpus
 
     asked = []
-    plan_at = lambda n: asked.append(n) or Plan(n)  # noqa: E731
+    plan_at = lambda n: asked.append(n) or Plan(n)
     assert fewest_gpus(plan_at, [1, 2, 3, 4, 6, 12], memory=30).gpus == 4  # 100/3 > 30 * 0.95 >= 25
     assert len(asked) <= 3  # a binary search
     assert fewest_gpus(plan_at, [1, 2], memory=10) is None

@@ -109,7 +109,7 @@ def test_vae_decoder_checkpointed_too(family, folders):
         up = backbone.pipe.vae.decoder.up_blocks
         count = {"n": 0}
         for block in up:
-            block.register_forward_pre_hook(lambda m, a: count.__setitem__("n", count["n"] + 1))
+            block.register_forward_pre_hook(lambda m, a, count=count: count.__setitem__("n", count["n"] + 1))
         x = backbone.noise(seeded_generators([3, 4])).requires_grad_(True)
         with torch.no_grad():
             backbone.decode(x)

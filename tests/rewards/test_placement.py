@@ -5,10 +5,10 @@ after a call with gradient only once its backward pass has run (the backward nee
 import pytest
 import torch
 
+from rtdmd.config.sections import RewardEntry
 from rtdmd.errors import UserError
 from rtdmd.rewards.base import PlacedReward
 from rtdmd.train.components import build_rewards
-from rtdmd.config.sections import RewardEntry
 from tests.backbones.image_reward import BrightnessConfig, registered
 
 

@@ -65,7 +65,8 @@ class EmbeddingStore:
         with safe_open(str(file), framework="pt", device="cpu") as f:
             if (f.metadata() or {}).get("prompt") != prompt:
                 return None  # a hash collision: encode it again
-            return {k: f.get_tensor(k) for k in f.keys()}
+            names = f.keys()
+            return {k: f.get_tensor(k) for k in names}
 
     def put(self, prompt: str, row: Mapping[str, Tensor]) -> None:
         from safetensors.torch import save_file

@@ -20,7 +20,12 @@ from rtdmd.train.checkpoint import load_checkpoint, save_checkpoint
 from rtdmd.train.components import Components, build_components
 from rtdmd.train.logging import MetricsLogger, progress
 from rtdmd.train.monitor import NonFiniteGuard
-from rtdmd.train.parallel import configure_execution, distribute, init_distributed, reshard
+from rtdmd.train.parallel import (
+    configure_execution,
+    distribute,
+    init_distributed,
+    reshard,
+)
 from rtdmd.train.rundir import prepare_run_dir, stage_fingerprint
 from rtdmd.train.signals import StopRequest
 from rtdmd.train.state import TrainedRole, TrainState

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,9 @@ class StubTokenizer:
     def tokenize(self, text: str, **kwargs) -> list[str]:  # textual-inversion lookups find nothing
         return []
 
-    added_tokens_encoder: dict = {}
+    @property
+    def added_tokens_encoder(self) -> dict:
+        return {}
 
     def __len__(self) -> int:
         return 1
@@ -83,8 +85,17 @@ def tokenizer(folder: Path, library: str, class_name: str):
     return StubTokenizer(int(config.get("model_max_length", 512)))
 
 
-def component(folder: Path, library: str, class_name: str, dtype: torch.dtype, device: torch.device):
-    """One pipeline component from its config, created on ``device`` (models in ``dtype``)."""
+Transform = Callable[[dict], dict]
+
+
+def same(config: dict) -> dict:
+    return config
+
+
+def component(folder: Path, library: str, class_name: str, dtype: torch.dtype, device: torch.device,
+              transform: Transform = same):
+    """One pipeline component from its config (after ``transform``, e.g. fewer layers for a quick benchmark),
+    created on ``device`` (models in ``dtype``)."""
     import importlib
 
     cls = getattr(importlib.import_module(library), class_name)
@@ -97,15 +108,15 @@ def component(folder: Path, library: str, class_name: str, dtype: torch.dtype, d
     try:
         with torch.device(device):
             if library == "diffusers":
-                model = cls.from_config(cls.load_config(str(folder)))
+                model = cls.from_config(transform(dict(cls.load_config(str(folder)))))
             else:
-                model = cls(cls.config_class.from_pretrained(str(folder)))
+                model = cls(cls.config_class.from_dict(transform(read_json(folder / "config.json"))))
     finally:
         torch.set_default_dtype(default)
     return model.to(dtype).requires_grad_(False).eval()
 
 
-def pipeline(pipeline_cls, folder: Path, dtype: torch.dtype, device: torch.device):
+def pipeline(pipeline_cls, folder: Path, dtype: torch.dtype, device: torch.device, transform: Transform = same):
     """``pipeline_cls`` assembled from the components ``model_index.json`` lists, each from its config."""
     index = read_json(folder / "model_index.json")
     parts: dict[str, Any] = {}
@@ -113,7 +124,8 @@ def pipeline(pipeline_cls, folder: Path, dtype: torch.dtype, device: torch.devic
         if name.startswith("_"):
             continue
         if isinstance(value, list) and len(value) == 2:
-            parts[name] = None if value == [None, None] else component(folder / name, *value, dtype, device)
+            parts[name] = None if value == [None, None] else component(folder / name, *value, dtype, device,
+                                                                       transform)
         else:
             parts[name] = value  # a plain pipeline argument (klein's is_distilled)
     pipe = pipeline_cls(**parts)
@@ -123,7 +135,7 @@ def pipeline(pipeline_cls, folder: Path, dtype: torch.dtype, device: torch.devic
 
 
 @contextlib.contextmanager
-def configs_only(dtype: torch.dtype, device: torch.device | str = "meta") -> Iterator[None]:
+def configs_only(dtype: torch.dtype, device: torch.device | str = "meta", transform: Transform = same) -> Iterator[None]:
     """The backbone builders load pipelines and transformers from configs alone, created on ``device``."""
     from rtdmd.backbones import loading
 
@@ -133,11 +145,12 @@ def configs_only(dtype: torch.dtype, device: torch.device | str = "meta") -> Ite
         return architecture_folder(path)
 
     def load_pipeline(pipeline_cls, path: str, *, device, dtype):  # the run's device: created on ``create_on``
-        return pipeline(pipeline_cls, architecture_folder(path), dtype, create_on)
+        return pipeline(pipeline_cls, architecture_folder(path), dtype, create_on, transform)
 
     def from_pretrained(load, folder: Path):
         config = read_json(Path(folder) / "transformer" / "config.json")
-        module = component(Path(folder) / "transformer", "diffusers", config["_class_name"], dtype, create_on)
+        module = component(Path(folder) / "transformer", "diffusers", config["_class_name"], dtype, create_on,
+                           transform)
         if torch.device(create_on).type == "meta":  # the builder moves it to the run's device: stay on meta
             module.to = lambda *args, **kwargs: module
         return module
@@ -178,16 +191,19 @@ class NoScore:
         return torch.zeros(images.shape[0], device=images.device)
 
 
-def reward_model(params, device: torch.device | str):
+def reward_model(params, device: torch.device | str, transform: Transform = same):
     """A reward entry's model for planning or a random-weight benchmark: a CLIP-family reward (its config class
     names its ``architecture``) is the CLIP cosine of that architecture (its local ``path`` when that holds a
     ``config.json``), in the entry's dtype; a reward without gradient and without ``architecture`` scores zeros
-    (its cost is elsewhere: a server); any other kind is built as in a run."""
+    (its cost is elsewhere: a server, whose config class says ``served``); any other kind is built as in a
+    run."""
     from rtdmd import registry
     from rtdmd.devices import torch_dtype
     from rtdmd.rewards import clip_common as cc
 
     architecture = getattr(type(params), "architecture", None)
+    if getattr(type(params), "served", False):
+        return NoScore(f"{params.kind}: scored by another process, no model on this GPU")
     if architecture is None:
         try:
             built = registry.builder("reward", params.kind)(params, world=None, device=device)
@@ -198,7 +214,8 @@ def reward_model(params, device: torch.device | str):
     path = getattr(params, "path", None)
     folder = Path(path).expanduser() if path and (Path(path).expanduser() / "config.json").is_file() else None
     folder = folder or architecture_folder(architecture)
-    model = component(folder, "transformers", "CLIPModel", torch_dtype(getattr(params, "dtype", "fp32")), device)
+    model = component(folder, "transformers", "CLIPModel", torch_dtype(getattr(params, "dtype", "fp32")), device,
+                      transform)
     preprocess = cc.ClipPreprocess.from_folder(folder, model.config.vision_config.image_size)
     embedder = cc.ClipEmbedder(model, tokenizer(folder, "transformers", "CLIPTokenizer"), preprocess)
     return cc.ClipCosine(embedder, cc.ScorerInfo(params.kind, f"{architecture} without weights"))

@@ -20,13 +20,33 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from rtdmd.config import AlignConfig, DistillConfig
+from rtdmd.config import AlignConfig, Config, DistillConfig
 from rtdmd.functional.samplers import rollout
 from rtdmd.rng import Draw, Streams
 from rtdmd.train import align
-from rtdmd.train.state import TrainState
+from rtdmd.train.monitor import NonFiniteGuard
+from rtdmd.train.parallel import Dist
+from rtdmd.train.state import TrainedRole, TrainState
 
 Phase = Callable[[str], contextlib.AbstractContextManager]
+
+
+def train_state(backbone, config: Config, stage: str) -> TrainState:
+    """Both trained roles of ``stage`` as the session builds them (one process), with their optimizer state
+    already there, as it is from the second iteration on (a step on zero gradients creates it)."""
+    cfg, dist = getattr(config, stage), Dist()
+    guard = NonFiniteGuard(dist, config.run.nonfinite_patience)
+    ema_every = cfg.ema_every if stage == "align" else 1
+    state = TrainState(
+        TrainedRole("generator", backbone.trainable("generator"), cfg.generator, dist, guard,
+                    ema_decay=cfg.ema_decay, ema_every=ema_every),
+        TrainedRole("fake", backbone.trainable("fake"), cfg.fake, dist, guard), guard)
+    for role in (state.generator, state.fake):
+        for p in role.params.values():
+            p.grad = torch.zeros_like(p)
+        role.optimizer.step()
+        role.optimizer.zero_grad(set_to_none=True)
+    return state
 
 
 def no_phase(name: str) -> contextlib.AbstractContextManager:

@@ -36,18 +36,16 @@ import torch
 from torch import Tensor, nn
 
 from rtdmd import registry
+from rtdmd.app.plan import architectures, iteration
+from rtdmd.app.plan.tracker import MemoryTracker
 from rtdmd.backbones.base import TRAINED_ROLES
 from rtdmd.config import Config
 from rtdmd.devices import torch_dtype
 from rtdmd.errors import UserError
 from rtdmd.rewards.base import RewardSet, WeightedReward
 from rtdmd.train import objectives
-from rtdmd.train.monitor import NonFiniteGuard
-from rtdmd.train.parallel import Dist, configure_execution
-from rtdmd.train.state import TrainedRole, TrainState
-
-from rtdmd.app.plan import architectures, iteration
-from rtdmd.app.plan.tracker import MemoryTracker
+from rtdmd.train.parallel import configure_execution
+from rtdmd.train.state import TrainState
 
 TERMS = ("frozen base", "adapters", "gradients", "optimizer", "EMA", "activations", "FSDP gathered",
          "text encoders", "VAE", "rewards", "prompt embeddings", "other")
@@ -246,19 +244,7 @@ class Planner:
         return resident + tracker.peak
 
     def _train_state(self, backbone, stage: str) -> TrainState:
-        cfg, dist = getattr(self.config, stage), Dist()
-        guard = NonFiniteGuard(dist, self.config.run.nonfinite_patience)
-        ema_every = cfg.ema_every if stage == "align" else 1
-        state = TrainState(
-            TrainedRole("generator", backbone.trainable("generator"), cfg.generator, dist, guard,
-                        ema_decay=cfg.ema_decay, ema_every=ema_every),
-            TrainedRole("fake", backbone.trainable("fake"), cfg.fake, dist, guard), guard)
-        for role in (state.generator, state.fake):  # optimizer state as it exists from the second iteration on
-            for p in role.params.values():
-                p.grad = torch.zeros_like(p)
-            role.optimizer.step()
-            role.optimizer.zero_grad(set_to_none=True)
-        return state
+        return iteration.train_state(backbone, self.config, stage)
 
     def _persistent(self, backbone, rewards, state: TrainState, stage: str):
         """Device bytes held before the iteration, by term; host bytes (stage-1 copies, one prompt's row); and the
@@ -293,7 +279,7 @@ class Planner:
         host = {"stage-1 copies": 2 * 4 * lora if stage == "align" else 0,
                 "prompt row": storage_bytes(host_rows) // rows}
         trained = [p for r in TRAINED_ROLES for p in backbone.trainable(r).values()]
-        shape = lambda ts: [(t.shape[0] if t.ndim else 1, t.numel(), t.element_size())  # noqa: E731
+        shape = lambda ts: [(t.shape[0] if t.ndim else 1, t.numel(), t.element_size())
                             for t in {id(t): t for t in ts}.values()]
         shards = {"frozen base": shape(base_tensors), "adapters": shape(adapters), "optimizer": shape(optim),
                   "EMA": shape(ema), "gradients": shape(trained)}

@@ -9,9 +9,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rtdmd.errors import UserError
-
 from rtdmd.app.plan.planner import STAGES, Planner, StagePlan
+from rtdmd.errors import UserError
 
 GiB = 2**30
 # Memory the planned tensors cannot use: the CUDA context and the caching allocator's rounding and fragmentation.
@@ -139,7 +138,7 @@ def report(planner: Planner, gpus: int, memory: int, stages=STAGES, search: bool
     out = []
     for stage in stages:
         plan = planner.plan(stage, gpus)
-        fewest = fewest_gpus(lambda n: planner.plan(stage, n), candidate_gpus(planner, stage), memory) \
+        fewest = fewest_gpus(lambda n, stage=stage: planner.plan(stage, n), candidate_gpus(planner, stage), memory) \
             if search else None
         out.append(StageReport(plan, fewest, memory, fsdp))
     return out

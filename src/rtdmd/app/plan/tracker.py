@@ -42,7 +42,12 @@ def flop_formulas() -> dict:
     kernels counted as the CUDA ones: fake tensors on the CPU take the CPU kernel, which does the same products.
     (torch's ``FlopCounterMode`` is not used: its module hooks keep the tensors that activation checkpointing
     recomputes alive until each module's backward ends, which would distort the memory being tracked.)"""
-    from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count, shape_wrapper
+    from torch.utils.flop_counter import (
+        flop_registry,
+        sdpa_backward_flop_count,
+        sdpa_flop_count,
+        shape_wrapper,
+    )
 
     def forward(query, key, value, *args, out_shape=None, **kwargs) -> int:
         return sdpa_flop_count(query, key, value)
@@ -101,7 +106,10 @@ class MemoryTracker(TorchDispatchMode):
         self.by_tag[label] = self.by_tag.get(label, 0) + size
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensor
+        from torch._subclasses.fake_tensor import (
+            DataDependentOutputException,
+            FakeTensor,
+        )
 
         kwargs = kwargs or {}
         tensors = [a for a in tree_leaves((args, kwargs)) if isinstance(a, Tensor)]

@@ -20,6 +20,7 @@ COMMANDS = [
     "rtdmd.commands.reward_server",
     "rtdmd.commands.export",
     "rtdmd.commands.prompts",  # list, fetch, geneval
+    "rtdmd.commands.plan",
 ]
 
 

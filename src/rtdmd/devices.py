@@ -11,17 +11,17 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+def resolve_device(device: str, local_rank: int = 0, key: str = "run.device") -> torch.device:
     """``auto``: this rank's GPU if CUDA is available, else the CPU; ``cuda`` without an index: this rank's GPU."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise UserError(f"run.device {device!r} is not a torch device: use auto, cpu, cuda or cuda:N") from None
+        raise UserError(f"{key} {device!r} is not a torch device: use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"run.device is {device!r} but CUDA is not available here: use run.device=auto or cpu")
+            raise UserError(f"{key} is {device!r} but CUDA is not available here: use {key}=auto or cpu")
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
     return dev

@@ -138,6 +138,7 @@ def main(out: Path) -> None:
         recorder.sigterm_at = None
         (root / "s1_term" / f"stopped_rank{rank}.json").write_text(json.dumps(result.get("stopped_by_signal")))
     sd3_runs(out, rank, recorder)
+    checkpointing_grads(out, rank)
     torch.save(recorder.draws, out / f"draws_rank{rank}.pt")
     shutdown()
 
@@ -168,6 +169,33 @@ def sd3_runs(out: Path, rank: int, recorder: Recorder) -> None:
             distill.run(cfg, out / strategy / "sd3_s1")
             recorder.run = f"{strategy}/sd3_s2"
             align.run(cfg, out / strategy / "sd3_s2", out / strategy / "sd3_s1")
+
+
+def checkpointing_grads(out: Path, rank: int) -> None:
+    """Gradients of both trained roles of tiny SD3 and FLUX.1 backbones sharded with FSDP2, with and without
+    activation checkpointing, in the role-switching scenario of tests/backbones/test_checkpointing.py; written to
+    OUT/checkpointing/<family>_<plain|checkpointed>_rank<r>.safetensors (full tensors)."""
+    from rtdmd.backbones.base import TRAINED_ROLES
+    from rtdmd.train.parallel import Dist, distribute
+    from tests.backbones import conftest, tiny_pipelines
+    from tests.backbones.test_checkpointing import prepare, role_switching_grads
+
+    folders = {"sd3": out / "sd3_folder", "flux1_dev": out / "flux1_folder"}
+    if rank == 0:
+        tiny_pipelines.flux1_pipeline(folders["flux1_dev"], guidance_embeds=True)
+    torch.distributed.barrier()
+    target = out / "checkpointing"
+    target.mkdir(exist_ok=True)
+    for family, folder in folders.items():
+        for variant in ("plain", "checkpointed"):
+            backbone = conftest.build(family, folder)
+            prepare(backbone, stage2=True)
+            distribute(backbone, TRAINED_ROLES, Dist(rank, 2, rank, "fsdp", "cpu"))
+            if variant == "checkpointed":
+                backbone.enable_activation_checkpointing()
+            grads = role_switching_grads(backbone)
+            save_file({k: v.contiguous() for k, v in grads.items()},
+                      str(target / f"{family}_{variant}_rank{rank}.safetensors"))
 
 
 if __name__ == "__main__":

@@ -225,3 +225,22 @@ def test_sigkill_of_rank0_while_writing_a_checkpoint_resumes_exactly(two, tmp_pa
     assert full.keys() == split.keys() and state["step"] == 6
     for key in full:
         assert torch.equal(full[key], split[key]), key
+
+@pytest.mark.parametrize("family", ["sd3", "flux1_dev"])
+def test_checkpointed_gradients_under_fsdp(two, folders, family):
+    # Both ranks run the same samples, so FSDP's averaged gradients are one process's gradients up to the
+    # round-off of the reduce-scatter; checkpointing recomputes with the same kernels (see
+    # tests/backbones/test_checkpointing.py for the tolerance).
+    from tests.backbones.conftest import build
+    from tests.backbones.test_checkpointing import prepare, role_switching_grads
+
+    one = build(family, folders[family])
+    prepare(one, stage2=True)
+    expected = role_switching_grads(one)
+    for rank in (0, 1):
+        plain = load_file(two / "checkpointing" / f"{family}_plain_rank{rank}.safetensors")
+        checkpointed = load_file(two / "checkpointing" / f"{family}_checkpointed_rank{rank}.safetensors")
+        assert plain.keys() == checkpointed.keys() == expected.keys()
+        for key in expected:
+            torch.testing.assert_close(checkpointed[key], plain[key], rtol=1e-6, atol=1e-9, msg=key)
+            torch.testing.assert_close(checkpointed[key], expected[key], rtol=1e-5, atol=1e-8, msg=key)

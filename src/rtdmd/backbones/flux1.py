@@ -79,7 +79,7 @@ class Flux1Backbone(common.LoraRoleMethods):
                                                         self.device, dtype)
         self.roles = RoleAdapters({"teacher": transformer, "generator": transformer, "fake": transformer},
                                   LoraSpec(cfg.rank, cfg.alpha, cfg.target_modules))
-        self._cache = common.PromptCache(self._encode, cfg.prompt_cache)
+        self._cache = common.PromptCache(self._encode, cfg.prompt_cache, self.device)
         self.generator_folder = pipe.rtdmd_folder
 
     def _encode(self, prompts: list[str]) -> Cond:
@@ -96,10 +96,12 @@ class Flux1Backbone(common.LoraRoleMethods):
         # As the pipeline: timestep = 1000 sigma in the latents' dtype, divided by 1000.
         timestep = (sigma.to(self.device).float() * 1000.0).expand(batch).to(self.dtype) / 1000
         h = x.to(self.dtype)
-        if self.embedded_guidance:  # a guidance-distilled model takes the scale as an input: one forward
-            return self._forward(model, h, timestep, cond, torch.full((batch,), g, device=self.device)).to(x.dtype)
-        forward = lambda h, t, c: self._forward(model, h, t, c, None)
-        return common.guided(forward, h, timestep, cond, self._cache, g).to(x.dtype)
+        with self.precision():
+            if self.embedded_guidance:  # a guidance-distilled model takes the scale as an input: one forward
+                v = self._forward(model, h, timestep, cond, torch.full((batch,), g, device=self.device))
+            else:
+                v = common.guided(lambda h, t, c: self._forward(model, h, t, c, None), h, timestep, cond, self._cache, g)
+        return v.to(x.dtype)
 
     def _forward(self, model: nn.Module, h: Tensor, timestep: Tensor, cond: Cond, guidance: Tensor | None) -> Tensor:
         text_ids = torch.zeros(cond["prompt_embeds"].shape[1], 3, device=self.device, dtype=self.dtype)

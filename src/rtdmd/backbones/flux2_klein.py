@@ -71,6 +71,8 @@ def check_teacher(cfg: Flux2KleinConfig, is_distilled: bool) -> None:
 class Flux2KleinBackbone(common.LoraRoleMethods):
     """Teacher and fake score on klein-base, generator on its own base or the same one (LoRA adapters)."""
 
+    ENCODER_SETTINGS = ("max_sequence_length", "hidden_layers")
+
     def __init__(self, pipe, generator_transformer: nn.Module | None, cfg: Flux2KleinConfig,
                  device: torch.device, dtype: torch.dtype, generator_folder=None):
         self.pipe, self.cfg, self.device, self.dtype = pipe, cfg, torch.device(device), dtype
@@ -95,7 +97,7 @@ class Flux2KleinBackbone(common.LoraRoleMethods):
         self.image_ids = pipe._prepare_latent_ids(grid).to(self.device)  # (1, L, 4)
         self.roles = RoleAdapters({"teacher": base, "generator": generator, "fake": base},
                                   LoraSpec(cfg.rank, cfg.alpha, cfg.target_modules))
-        self._cache = common.PromptCache(self._encode, cfg.prompt_cache)
+        self._cache = common.PromptCache(self._encode, cfg.prompt_cache, self.device)
         self.generator_folder = generator_folder or pipe.rtdmd_folder
 
     def _encode(self, prompts: list[str]) -> Cond:
@@ -113,7 +115,9 @@ class Flux2KleinBackbone(common.LoraRoleMethods):
         # As the pipeline: timestep = 1000 sigma in the latents' dtype, divided by 1000.
         timestep = (sigma.to(self.device).float() * 1000.0).expand(batch).to(self.dtype) / 1000
         forward = lambda h, t, c: self._forward(model, h, t, c)
-        return common.guided(forward, x.to(self.dtype), timestep, cond, self._cache, g).to(x.dtype)
+        with self.precision():
+            v = common.guided(forward, x.to(self.dtype), timestep, cond, self._cache, g)
+        return v.to(x.dtype)
 
     def _forward(self, model: nn.Module, h: Tensor, timestep: Tensor, cond: Cond) -> Tensor:
         embeds = cond["prompt_embeds"]

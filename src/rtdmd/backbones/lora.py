@@ -13,12 +13,14 @@ Trainable tensors are named like diffusers' LoRA keys without the adapter name
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from rtdmd.backbones.base import TRAINED_ROLES
@@ -81,6 +83,11 @@ def set_active(layers: Sequence[nn.Module], adapters: Sequence[str]) -> None:
             layer._active_adapter = list(adapters)
 
 
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks of a diffusers transformer (joint, then single-stream)."""
+    return [b for name in ("transformer_blocks", "single_transformer_blocks") for b in getattr(model, name, None) or []]
+
+
 def _adapter_params(model: nn.Module, adapter: str) -> dict[str, nn.Parameter]:
     tag = f".{adapter}."
     return {n.replace(tag, "."): p for n, p in model.named_parameters() if tag in n}
@@ -105,6 +112,8 @@ class RoleAdapters:
         self._layers: dict[int, list[nn.Module]] = {}  # id(base) -> its LoRA layers
         self._state: dict[int, tuple[str, ...]] = {}  # id(base) -> its active adapters (empty: base only)
         self.folded: dict[int, str] = {}  # id(base) -> the role folded into it (see fold)
+        self._block_layers: dict[int, list[nn.Module]] = {}  # id(block) -> its LoRA layers (checkpointing)
+        self.recomputing = 0  # > 0 while a checkpointed block is recomputed in a backward pass
         self._new_stage()
 
     def _new_stage(self) -> None:
@@ -116,6 +125,7 @@ class RoleAdapters:
             self._probe[name] = next(n for n, _ in self.bases[role].named_parameters() if f".{name}." in n)
             self.current[role] = name
         self._layers = {id(model): lora_layers(model) for model in self.bases.values()}
+        self._block_layers.clear()
         self._state.clear()
         self._fix_requires_grad()
 
@@ -154,6 +164,58 @@ class RoleAdapters:
             set_active(self._layers[id(model)], wanted)
             self._state[id(model)] = wanted
         return model
+
+    def enable_checkpointing(self) -> None:
+        """Per-block activation checkpointing of every base (diffusers' ``enable_gradient_checkpointing``, which
+        checkpoints each transformer block only when gradients are enabled: passes without gradient, the teacher's
+        and the rollouts', pay nothing), with :meth:`checkpoint` as the checkpoint function."""
+        for model in dict.fromkeys(self.bases.values()):
+            model.enable_gradient_checkpointing(gradient_checkpointing_func=self.checkpoint)
+
+    def compile_blocks(self, backend: str) -> None:
+        """``torch.compile`` of each transformer block's forward (``run.compile``), the unit that repeats. The
+        module's own call stays eager, so FSDP's hooks and the checkpointing above run around the compiled code.
+        Every role (its active adapters), gradient mode and batch size is a variant compiled once; the limit on
+        variants per block is raised to hold them all."""
+        import torch._dynamo
+
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        for model in dict.fromkeys(self.bases.values()):
+            for block in transformer_blocks(model):
+                block.forward = torch.compile(block.forward, backend=backend)
+
+    def checkpoint(self, block: nn.Module, *args):
+        """``block(*args)`` keeping only its inputs; the backward pass recomputes the rest with the adapters that
+        were active in the forward pass. A loss often switches roles between its forward and its backward (DMD:
+        the generator's forward with gradient, then teacher and fake score without), so a recomputation with the
+        adapters active at backward time would differentiate another role's function."""
+        active = self._block_state(block)
+        return torch.utils.checkpoint.checkpoint(
+            block, *args, use_reentrant=False,
+            context_fn=lambda: (contextlib.nullcontext(), self._recomputing(block, active)))
+
+    def _block_state(self, block: nn.Module) -> tuple[bool, tuple[str, ...]]:
+        layers = self._block_layers.get(id(block))
+        if layers is None:
+            layers = self._block_layers[id(block)] = lora_layers(block)
+        if not layers:
+            return True, ()
+        active = layers[0]._active_adapter
+        return layers[0]._disable_adapters, (active,) if isinstance(active, str) else tuple(active)
+
+    @contextlib.contextmanager
+    def _recomputing(self, block: nn.Module, active: tuple[bool, tuple[str, ...]]) -> Iterator[None]:
+        now = self._block_state(block)
+        layers = self._block_layers[id(block)]
+        if now != active:
+            set_active(layers, () if active[0] else active[1])
+        self.recomputing += 1  # read by FLOP counters: recomputation is not model work
+        try:
+            yield
+        finally:
+            self.recomputing -= 1
+            if now != active:
+                set_active(layers, () if now[0] else now[1])
 
     def trainable(self, role: str) -> dict[str, nn.Parameter]:
         if role not in TRAINED_ROLES:

@@ -79,7 +79,7 @@ class SD3Backbone(common.LoraRoleMethods):
         self.sample_shape = (transformer.config.in_channels, cfg.height // self.scale, cfg.width // self.scale)
         self.roles = RoleAdapters({"teacher": transformer, "generator": transformer, "fake": transformer},
                                   LoraSpec(cfg.rank, cfg.alpha, cfg.target_modules))
-        self._cache = common.PromptCache(self._encode, cfg.prompt_cache)
+        self._cache = common.PromptCache(self._encode, cfg.prompt_cache, self.device)
         self.generator_folder = pipe.rtdmd_folder
 
     # Conditioning
@@ -98,7 +98,9 @@ class SD3Backbone(common.LoraRoleMethods):
         h = x.to(self.dtype)
         timestep = (sigma.to(self.device).float() * 1000.0).expand(x.shape[0])
         forward = lambda h, t, c: self._forward(model, h, t, c)
-        return common.guided(forward, h, timestep, cond, self._cache, g).to(x.dtype)
+        with self.precision():
+            v = common.guided(forward, h, timestep, cond, self._cache, g)
+        return v.to(x.dtype)
 
     @staticmethod
     def _forward(model: nn.Module, h: Tensor, timestep: Tensor, cond: Cond) -> Tensor:

@@ -175,7 +175,21 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto: cuda if available, else cpu; or any torch device string
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # model (frozen) dtype; trainable tensors stay fp32
+    # With dtype bf16 or fp16: the model's forward passes run under torch.autocast in that dtype (matrix products
+    # of base and adapters in bf16; the velocity, CFG, CPS steps and losses in float32). No effect with fp32.
+    autocast: bool = True
     parallel: Literal["ddp", "fsdp"] = "ddp"  # strategy when launched with several processes
+    # Encode the training and evaluation prompts once at start (and the empty prompt), then free the text
+    # encoders; rows are kept in host memory, or read back from run.embedding_cache when it is set.
+    free_text_encoders: bool = False
+    embedding_cache: str = ""  # folder of prompt embeddings on disk (safetensors, keyed by model and settings)
+    reward_device: str = ""  # where reward models run ("" = run.device; e.g. cpu, or another GPU: cuda:1)
+    reward_offload: bool = False  # reward weights wait in host memory between calls
+    # Keep only each transformer block's inputs in passes with gradient and recompute the rest in the backward
+    # pass (about one more forward of the trained passes, for a fraction of their activation memory).
+    activation_checkpointing: bool = False
+    # torch.compile of each transformer block's forward (aot_eager: traced, not code-generated; for checks)
+    compile: Literal["off", "inductor", "aot_eager"] = "off"
     tensorboard: bool = False
     wandb: bool = False
     wandb_project: str = "rtdmd"

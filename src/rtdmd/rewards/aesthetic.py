@@ -111,6 +111,10 @@ class AestheticReward:
                  metadata: Sequence[Mapping[str, Any]] | None = None) -> Tensor:
         return self.mlp(self.embedder.images(images)).squeeze(-1)
 
+    def to(self, device) -> None:
+        self.embedder.to(device)
+        self.mlp.to(device)
+
     def info(self) -> dict[str, Any]:
         return self._info.as_dict()
 

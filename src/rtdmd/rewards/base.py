@@ -14,6 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from rtdmd.errors import UserError
+
 
 @runtime_checkable
 class Reward(Protocol):
@@ -22,6 +24,40 @@ class Reward(Protocol):
     def __call__(self, images: Tensor, prompts: Sequence[str],
                  metadata: Sequence[Mapping[str, Any]] | None = None) -> Tensor:
         """Scores of shape ``(B,)`` (float32). Differentiable rewards keep the graph to ``images``."""
+
+
+class PlacedReward:
+    """A reward that runs on its own device (``run.reward_device``: e.g. another GPU, or the CPU) and, with
+    ``offload`` (``run.reward_offload``), waits in host memory between calls. Images go to the reward's device
+    and scores come back on theirs, gradient included. Offloading needs the reward's ``to(device)``; a
+    differentiable reward called with gradient goes back to host memory once its backward pass has run (its
+    weights take part in it)."""
+
+    def __init__(self, reward: Reward, device: torch.device, offload: bool = False):
+        if offload and not hasattr(reward, "to"):
+            raise UserError(f"run.reward_offload: reward {type(reward).__name__} cannot move its weights (no to()): "
+                            "set run.reward_offload false")
+        self.reward, self.device, self.offload = reward, torch.device(device), offload
+        self.differentiable = reward.differentiable
+        if offload:
+            reward.to("cpu")
+
+    def __call__(self, images: Tensor, prompts: Sequence[str],
+                 metadata: Sequence[Mapping[str, Any]] | None = None) -> Tensor:
+        if self.offload:
+            self.reward.to(self.device)
+        here = images.to(self.device)
+        scores = self.reward(here, prompts, metadata)
+        if self.offload:
+            if scores.requires_grad and here.requires_grad:
+                here.register_hook(self._offload_after_backward)
+            else:
+                self.reward.to("cpu")
+        return scores.to(images.device)
+
+    def _offload_after_backward(self, grad: Tensor) -> Tensor:
+        self.reward.to("cpu")
+        return grad
 
 
 @dataclass

@@ -69,6 +69,11 @@ class ClipEmbedder:
     def dtype(self) -> torch.dtype:
         return self.model.visual_projection.weight.dtype
 
+    def to(self, device: torch.device | str) -> None:
+        """Move the CLIP model and the cached text embeddings (``run.reward_offload``)."""
+        self.model.to(device)
+        self._texts = {k: v.to(device) for k, v in self._texts.items()}
+
     def images(self, images: Tensor) -> Tensor:
         pixels = self.preprocess(images.to(self.device)).to(self.dtype)
         pooled = self.model.vision_model(pixel_values=pixels).pooler_output
@@ -112,3 +117,6 @@ class ClipCosine:
 
     def info(self) -> dict[str, Any]:
         return self._info.as_dict()
+
+    def to(self, device: torch.device | str) -> None:
+        self.embedder.to(device)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from rtdmd.config.strict import check
 from rtdmd.devices import torch_dtype
@@ -34,6 +34,8 @@ NEEDS = (
 @dataclass(frozen=True)
 class ClipScoreConfig:
     kind: Literal["clipscore"] = "clipscore"
+    # The published CLIP architecture whose config rtdmd plan uses without weights (rtdmd/assets/architectures)
+    architecture: ClassVar[str] = "openai/clip-vit-large-patch14"
     path: str | None = None  # folder of the CLIP model; default $RTDMD_REWARDS_ROOT/clipscore
     allow_download: bool = False  # fetch missing files from the Hugging Face Hub into that folder
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"

@@ -55,7 +55,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -97,6 +97,8 @@ _BLOCK_KEY = re.compile(r"(visual\.)?transformer\.resblocks\.(\d+)\.(.+)")
 @dataclass(frozen=True)
 class HPSv2Config:
     kind: Literal["hpsv2"] = "hpsv2"
+    # The published CLIP architecture whose config rtdmd plan uses without weights (rtdmd/assets/architectures)
+    architecture: ClassVar[str] = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
     path: str | None = None  # folder of the checkpoint; default $RTDMD_REWARDS_ROOT/hpsv2
     checkpoint: str = "HPS_v2.1_compressed.pt"  # or HPS_v2_compressed.pt (v2.0), or a .safetensors
     tokenizer_path: str | None = None  # default: path

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from rtdmd.config.strict import check
 from rtdmd.devices import torch_dtype
@@ -39,6 +39,8 @@ PROCESSOR_NEEDS = (
 @dataclass(frozen=True)
 class PickScoreConfig:
     kind: Literal["pickscore"] = "pickscore"
+    # The published CLIP architecture whose config rtdmd plan uses without weights (rtdmd/assets/architectures)
+    architecture: ClassVar[str] = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
     path: str | None = None  # folder of the PickScore model; default $RTDMD_REWARDS_ROOT/pickscore
     processor_path: str | None = None  # folder of the tokenizer + preprocessor config; default: path
     allow_download: bool = False

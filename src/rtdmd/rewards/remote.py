@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -29,6 +29,8 @@ from rtdmd.rewards.wire import PROTOCOL, encode_images
 @dataclass(frozen=True)
 class RemoteConfig:
     kind: Literal["remote"] = "remote"
+    # Scored by another process, without gradient: no model of it on a training GPU (read by rtdmd plan)
+    served: ClassVar[bool] = True
     url: str = "http://127.0.0.1:8765"  # the server's base URL
     timeout: float = 120.0  # seconds per request (connect + read)
     retries: int = 3  # extra attempts after the first, on connection errors, timeouts and 502/503/504

@@ -69,7 +69,6 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
     streams = Streams(config.run.seed)
     per_round = cfg.samples_per_iteration  # global samples of a round; sample j of round r is r * per_round + j
     rows = list(dist.shard(per_round))
-    cond_all = backbone.encode(list(prompts.texts))
     micro = cfg.micro_batch or len(rows)
 
     def sample_round(it: int, r: int, trained: list[int]) -> Round:
@@ -77,7 +76,7 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
         order = torch.randperm(len(prompts), generator=streams.generator("groups", it)).tolist()
         index = [r * per_round + j for j in rows]
         prompt_of = [order[(j // cfg.group_size) % len(order)] for j in index]
-        cond = {k: v[torch.as_tensor(prompt_of, device=v.device)] for k, v in cond_all.items()}
+        cond = backbone.encode([prompts.texts[p] for p in prompt_of])  # rows of the session's one encode
         draw = Draw(streams, it, index, tuple(backbone.sample_shape), session.device)
         traj = group_rollout(generator, cond, draw, cfg.group_size, sigmas, cfg.eta, trained)
         texts, meta = [prompts.texts[p] for p in prompt_of], [prompts.metadata[p] for p in prompt_of]

@@ -49,12 +49,11 @@ def run(config: Config, run_dir: str | Path, *, resume: bool = False, evaluate: 
 
     streams = Streams(config.run.seed)
     rows = list(dist.shard(cfg.batch_size))  # this rank's global sample indices
-    cond_all = backbone.encode(list(prompts.texts))
 
     def batch(it: int, purpose: str):
         """This rank's prompts, per-sample draws, initial noise and step noise for one rollout."""
         ids = (streams.rand(("prompt", purpose, it), rows) * len(prompts)).long().clamp_max(len(prompts) - 1)
-        cond = {k: v[ids.to(v.device)] for k, v in cond_all.items()}
+        cond = backbone.encode([prompts.texts[i] for i in ids.tolist()])  # rows of the session's one encode
         draw = Draw(streams, it, rows, tuple(backbone.sample_shape), session.device)
         return cond, draw, draw.randn("x_init", purpose), lambda i: draw.randn("step_noise", purpose, i)
 

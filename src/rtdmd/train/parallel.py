@@ -30,7 +30,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from rtdmd.devices import resolve_device
+from rtdmd.devices import resolve_device, torch_dtype
 from rtdmd.errors import UserError
 
 
@@ -190,6 +190,28 @@ def shard_backbone(backbone, roles: list[str], d: Dist) -> None:
     if unsharded:
         raise RuntimeError(f"fsdp_units() of {type(backbone).__name__} do not cover the trainable tensor "
                            f"{unsharded[0]}")
+
+
+def configure_execution(backbone, run) -> None:
+    """How the model executes (``run.activation_checkpointing``, ``run.autocast``, ``run.compile``), applied from
+    outside the model as FSDP is, through the backbone's optional hooks. A backbone without the hook refuses an
+    option in one line; autocast is skipped by a backbone that has no low-precision forward (the analytic
+    ``mlp``)."""
+    enable_autocast = getattr(backbone, "enable_autocast", None)
+    if run.autocast and run.dtype != "fp32" and enable_autocast is not None:
+        enable_autocast(torch_dtype(run.dtype))
+    if run.activation_checkpointing:
+        _hook(backbone, "enable_activation_checkpointing", "activation_checkpointing")()
+    if run.compile != "off":
+        _hook(backbone, "compile_blocks", "compile")(run.compile)
+
+
+def _hook(backbone, name: str, option: str):
+    hook = getattr(backbone, name, None)
+    if hook is None:
+        raise UserError(f"run.{option}: backbone {type(backbone).__name__} does not support it (no {name}): "
+                        f"set run.{option} to its default")
+    return hook
 
 
 def reshard(backbone) -> None:

@@ -45,6 +45,8 @@ def check_align(config: Config, stage1: Config | None, world_size: int | None = 
 
 def _common(config: Config) -> None:
     resolve_device(config.run.device)
+    if config.run.reward_device:
+        resolve_device(config.run.reward_device, key="run.reward_device")
     for section in (config.world, config.backbone, *(r.params for r in config.rewards)):
         hook = getattr(section, "preflight", None)
         if hook is not None:

@@ -26,7 +26,7 @@ from rtdmd.train.components import Components, build_components
 from rtdmd.train.lock import RunLock
 from rtdmd.train.logging import MetricsLogger, progress
 from rtdmd.train.monitor import NonFiniteGuard
-from rtdmd.train.parallel import Dist, distribute, init_distributed, reshard, shutdown
+from rtdmd.train.parallel import Dist, configure_execution, distribute, init_distributed, reshard, shutdown
 from rtdmd.train.rundir import check_run_dir_path, mark_finished, prepare_run_dir, stage_fingerprint
 from rtdmd.train.signals import StopRequest
 from rtdmd.train.state import TrainedRole, TrainState
@@ -40,6 +40,16 @@ T = TypeVar("T")
 def every(step: int, period: int) -> bool:
     """True on the multiples of ``period`` (never when ``period`` is 0)."""
     return period > 0 and step % period == 0
+
+
+def precompute_embeddings(backbone, world, run) -> None:
+    """Encode the training and evaluation prompts once, up front (``run.embedding_cache``: through a disk cache),
+    then free the text encoders when ``run.free_text_encoders``; the loops and the evaluation look rows up. A
+    backbone without the hook (the analytic ``mlp``: no text encoder) encodes on demand."""
+    hook = getattr(backbone, "precompute_embeddings", None)
+    if hook is not None:
+        hook([world.prompts(split).texts for split in ("train", "eval")], cache_dir=run.embedding_cache or None,
+             free_text_encoders=run.free_text_encoders)
 
 
 class Session:
@@ -58,6 +68,7 @@ class Session:
             self.release()
             raise
         self.backbone, self.world, self.rewards = self.parts.backbone, self.parts.world, self.parts.rewards
+        precompute_embeddings(self.backbone, self.world, config.run)
         self.fingerprint = stage_fingerprint(config, stage)
         self.logger: MetricsLogger | None = None
         self.bar = None
@@ -85,6 +96,7 @@ class Session:
         """Distribute the trained roles over the ranks, build optimisers and EMA, restore the checkpoint when
         resuming, and open the metrics log. Call it once the roles hold their starting values."""
         distribute(self.backbone, TRAINED_ROLES, self.dist)
+        configure_execution(self.backbone, self.config.run)
         guard = NonFiniteGuard(self.dist, self.config.run.nonfinite_patience)
         role = lambda name, optim, **ema: TrainedRole(name, self.backbone.trainable(name), optim,  # noqa: E731
                                                       self.dist, guard, **ema)

@@ -3,7 +3,8 @@ published recipes take 1-2 fake updates per generator update, the analytic confi
 not; and the stage-1 result ends closer to the teacher.
 
 Arms: AC-DMD (the published consistency), AC-DMD with the unbiased forward consistency, and plain DMD, each at
-fake updates per generator update 1, 2 and 10, on gmm/default, over seeds. Measured at the end of stage 1 with
+fake updates per generator update 1 and 2 (the published recipes' range), on gmm/default, over seeds; the
+analytic configs' 10 is left out: an arm at 10 costs about five arms at 1. Measured at the end of stage 1 with
 the generator frozen:
 
 - tracking error: the run's fake score against a reference fake trained to convergence on samples of the frozen
@@ -32,7 +33,7 @@ from studies.common import Claim, Row
 METHODS = {"AC-DMD": ("distill.method=acdmd",),
            "AC-DMD (forward consistency)": ("distill.method=acdmd", "distill.consistency_kernel=forward"),
            "DMD": ("distill.method=dmd",)}
-RATIOS = (1, 2, 10)
+RATIOS = (1, 2)
 SEEDS = (0, 1, 2)
 ITERATIONS = 2000  # stage-1 iterations of every arm (gmm/default ships 6000 at ratio 10): a budget, equal for all
 
@@ -79,7 +80,7 @@ def tracking_error(run_dir: Path, cfg, reference_steps: int, seed: int) -> float
 
 def run(out: Path, quick: bool) -> Claim:
     start = time.perf_counter()
-    seeds, ratios = (SEEDS[:2], RATIOS[1:2]) if quick else (SEEDS, RATIOS)
+    seeds, ratios = (SEEDS[:2], RATIOS[-1:]) if quick else (SEEDS, RATIOS)
     reference_steps = 5 if quick else 1500
     values: dict[tuple[str, int], dict[str, list[float]]] = {}
     for method, overrides in METHODS.items():

@@ -35,7 +35,7 @@ NEEDS = (
 class ClipScoreConfig:
     kind: Literal["clipscore"] = "clipscore"
     # The published CLIP architecture whose config rtdmd plan uses without weights (rtdmd/assets/architectures)
-    architecture: ClassVar[str] = "openai/clip-vit-large-patch14"
+    published_clip: ClassVar[str] = "openai/clip-vit-large-patch14"
     path: str | None = None  # folder of the CLIP model; default $RTDMD_REWARDS_ROOT/clipscore
     allow_download: bool = False  # fetch missing files from the Hugging Face Hub into that folder
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"

@@ -98,7 +98,7 @@ _BLOCK_KEY = re.compile(r"(visual\.)?transformer\.resblocks\.(\d+)\.(.+)")
 class HPSv2Config:
     kind: Literal["hpsv2"] = "hpsv2"
     # The published CLIP architecture whose config rtdmd plan uses without weights (rtdmd/assets/architectures)
-    architecture: ClassVar[str] = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+    published_clip: ClassVar[str] = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
     path: str | None = None  # folder of the checkpoint; default $RTDMD_REWARDS_ROOT/hpsv2
     checkpoint: str = "HPS_v2.1_compressed.pt"  # or HPS_v2_compressed.pt (v2.0), or a .safetensors
     tokenizer_path: str | None = None  # default: path

@@ -40,7 +40,7 @@ PROCESSOR_NEEDS = (
 class PickScoreConfig:
     kind: Literal["pickscore"] = "pickscore"
     # The published CLIP architecture whose config rtdmd plan uses without weights (rtdmd/assets/architectures)
-    architecture: ClassVar[str] = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+    published_clip: ClassVar[str] = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
     path: str | None = None  # folder of the PickScore model; default $RTDMD_REWARDS_ROOT/pickscore
     processor_path: str | None = None  # folder of the tokenizer + preprocessor config; default: path
     allow_download: bool = False

@@ -193,8 +193,8 @@ class NoScore:
 
 def reward_model(params, device: torch.device | str, transform: Transform = same):
     """A reward entry's model for planning or a random-weight benchmark: a CLIP-family reward (its config class
-    names its ``architecture``) is the CLIP cosine of that architecture (its local ``path`` when that holds a
-    ``config.json``), in the entry's dtype; a reward without gradient and without ``architecture`` scores zeros
+    names its ``published_clip``) is the CLIP cosine of that architecture (its local ``path`` when that holds a
+    ``config.json``), in the entry's dtype; a reward without gradient and without ``published_clip`` scores zeros
     (its cost is elsewhere: a server, whose config class says ``served``); any other kind is built as in a
     run."""
     from rtdmd import registry
@@ -203,7 +203,7 @@ def reward_model(params, device: torch.device | str, transform: Transform = same
     from rtdmd.rewards.clip_preprocess import ClipPreprocess
     from rtdmd.rewards.loading import ScorerInfo
 
-    architecture = getattr(type(params), "architecture", None)
+    architecture = getattr(type(params), "published_clip", None)
     if getattr(type(params), "served", False):
         return NoScore(f"{params.kind}: scored by another process, no model on this GPU")
     if architecture is None:

@@ -118,6 +118,7 @@ def claims(teacher: dict, stage2: dict, gains: dict, reward_names: list[str], sp
 def demo(out: Path, config_name: str, overrides: list[str], quick: bool, *,
          teacher_steps: tuple[int, ...] = TEACHER_STEPS) -> dict:
     start, load_start = time.perf_counter(), os.getloadavg()[0]
+    shared.quiet_image_processor_fallback()
     out = Path(out)
     config = shared.demo_config(config_name, overrides, QUICK, quick)
     shared.check_out_dir(out)

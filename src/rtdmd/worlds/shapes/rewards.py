@@ -53,13 +53,12 @@ class ShapesSoftConfig:
     output: Literal["probability", "log"] = "probability"  # log: log(p + floor), steeper where p is small
     floor: float = 1e-3
     color_temperature: float = soft_oracle.Temperatures.color
-    placement_temperature: float = soft_oracle.Temperatures.placement
     threshold_temperature: float = soft_oracle.Temperatures.threshold
     shape_temperature: float = soft_oracle.Temperatures.shape
 
     def __post_init__(self):
         check(self.floor > 0, f"floor must be positive, got {self.floor}")
-        for name in ("color", "placement", "threshold", "shape"):
+        for name in ("color", "threshold", "shape"):
             value = getattr(self, f"{name}_temperature")
             check(value > 0, f"{name}_temperature must be positive, got {value}")
 
@@ -121,8 +120,8 @@ class SoftOracleReward:
 
     def __init__(self, cfg: ShapesSoftConfig):
         self.cfg = cfg
-        self.temperatures = soft_oracle.Temperatures(cfg.color_temperature, cfg.placement_temperature,
-                                                     cfg.threshold_temperature, cfg.shape_temperature)
+        self.temperatures = soft_oracle.Temperatures(cfg.color_temperature, cfg.threshold_temperature,
+                                                     cfg.shape_temperature)
 
     def __call__(self, images: Tensor, prompts: Sequence[str],
                  metadata: Sequence[Mapping[str, Any]] | None = None) -> Tensor:

@@ -10,14 +10,7 @@ import torch
 from rtdmd import registry
 from rtdmd.config.strict import build
 from rtdmd.errors import UserError
-from rtdmd.worlds.shapes import oracle, prompts, render, soft_oracle
-
-
-def _auc(scores, labels) -> float:
-    """P(score of a positive > score of a negative), ties counting half."""
-    scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
-    pos, neg = scores[labels][:, None], scores[~labels][None, :]
-    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
+from rtdmd.worlds.shapes import oracle, prompts, render, soft_oracle, stats
 
 
 def _reward(**params):
@@ -44,7 +37,7 @@ def test_soft_oracle_agrees_with_the_oracle_on_rendered_images(labelled):
     p = soft_oracle.soft_score(torch.from_numpy(images), metadata).numpy()
     assert p.shape == (len(images),) and ((0 <= p) & (p <= 1)).all()
     assert 0.3 < verdicts.mean() < 0.7
-    assert _auc(p, verdicts) == 1.0
+    assert stats.auc(p, verdicts) == 1.0
     assert p[verdicts].min() > 0.9 and p[~verdicts].max() < 0.1
 
 
@@ -62,7 +55,7 @@ def test_soft_oracle_ranks_damaged_images_like_the_oracle(labelled):
     verdicts = oracle.score(damaged, metadata)
     p = soft_oracle.soft_score(torch.from_numpy(damaged), metadata).numpy()
     assert 0.15 < verdicts.mean() < 0.6
-    assert _auc(p, verdicts) >= 0.95
+    assert stats.auc(p, verdicts) >= 0.95
 
 
 def test_count_distribution_matches_enumeration():

@@ -46,12 +46,13 @@ def quiet_image_processor_fallback() -> None:
 def claims_table(claims: dict) -> str:
     """The claims as a short plain-text table: name, value (± standard error), threshold, whether it holds; and
     a last line counting the claims that hold."""
-    rows = [("claim", "value", "threshold", "holds")]
+    rows = [("claim", "value", "holds when", "holds")]
     for name, c in claims.items():
         value = "–" if c["value"] is None else f"{c['value']:.3f}"
         if c.get("se") is not None and math.isfinite(c["se"]):
             value += f" ± {c['se']:.3f}"
-        rows.append((name, value, f"{c['threshold']:g}", "yes" if c["holds"] else "NO"))
+        bound = f"{'<=' if c.get('at_most') else '>='} {c['threshold']:g}"
+        rows.append((name, value, bound, "yes" if c["holds"] else "NO"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     held = sum(c["holds"] for c in claims.values())

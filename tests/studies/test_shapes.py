@@ -64,7 +64,7 @@ def test_verdicts_follow_the_issue_thresholds():
     noisy = shapes.rows(_values(stage1, [0.72, 0.71, 0.67, 0.72, 0.56], [0.52] * 5))
     assert noisy[0].verdict.startswith("does not hold")
     # Above stage 1 in only 3 of 5 seeds.
-    three = shapes.rows(_values(stage1, [0.70, 0.70, 0.67, 0.66, 0.64], [0.52] * 5))
+    three = shapes.rows(_values(stage1, [0.71, 0.71, 0.68, 0.66, 0.64], [0.52] * 5))  # mean +0.036 ± 0.015
     assert three[0].verdict.startswith("does not hold") and "above in 3 of 5" in three[0].verdict
     # Teacher too close; diversity below 80% in one seed.
     close = shapes.rows(_values(stage1, [0.70] * 5, [0.62] * 5, ratio=(1.0, 1.0, 0.79, 1.0, 1.0)))

@@ -58,6 +58,23 @@ def test_soft_oracle_ranks_damaged_images_like_the_oracle(labelled):
     assert stats.auc(p, verdicts) >= 0.95
 
 
+def test_counting_means_exactly_and_other_tags_at_least():
+    """k drawn objects against "n shapes" (exactly n) and "a circle and a square" (at least one each)."""
+    counting = {(r["include"][0]["class"], r["include"][0]["count"]): r for r in prompts.grammar()
+                if r["tag"] == "counting"}
+    for shape in render.SHAPES:
+        for k in range(1, 5):
+            image = render.draw([render.Placed(shape, "red", cell // 3, cell % 3) for cell in (0, 4, 8, 2)[:k]])
+            metadata = [counting[shape, n] for n in range(1, 5)]
+            p = soft_oracle.soft_score(torch.from_numpy(np.stack([image] * 4)), metadata).numpy()
+            assert list(oracle.score(np.stack([image] * 4), metadata)) == [n == k for n in range(1, 5)]
+            assert all((q > 0.9) == (n == k) and (q > 0.9 or q < 0.1) for n, q in zip(range(1, 5), p))
+    two = next(r for r in prompts.grammar() if r["prompt"] == "a circle and a square")
+    image = render.draw([render.Placed("circle", "red", 0, 0), render.Placed("circle", "blue", 1, 1),
+                         render.Placed("square", "green", 2, 2)])
+    assert soft_oracle.soft_score(torch.from_numpy(image[None]), [two]).item() > 0.9
+
+
 def test_count_distribution_matches_enumeration():
     p = torch.tensor([0.1, 0.7, 0.5, 0.95], dtype=torch.float64)
     expected = torch.zeros(5, dtype=torch.float64)

@@ -49,12 +49,14 @@ def quick_prompts(out: Path) -> Path:
 
 
 def run_seed(out: Path, seed: int, quick: bool = False) -> dict:
-    """The demo for one training seed in ``out/seed_S`` (read back when it already ran): its ``metrics.json``."""
+    """The demo for one training seed in ``out/seed_S`` (read back when it already ran): its ``metrics.json``. The
+    teacher's held-out samples do not depend on the training seed: the first seed's are reused by the others."""
     folder = out / f"seed_{seed}"
     metrics = folder / "metrics.json"
     if not metrics.is_file():
         overrides = [f"run.seed={seed}", "run.progress=false"]
-        kwargs = {}
+        first = next((f for f in sorted(out.glob("seed_*")) if (f / shapes_demo.TEACHER_FILE).is_file()), None)
+        kwargs = {"teacher_from": first}
         if quick:
             overrides = [*QUICK_OVERRIDES, f"world.eval_prompts={quick_prompts(out)}", *overrides]
             kwargs["teacher_steps"] = QUICK_TEACHER_STEPS

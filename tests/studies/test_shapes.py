@@ -4,6 +4,7 @@ iterations each, as CI runs it), and its verdicts on hand-made per-seed numbers.
 import json
 
 import pytest
+import torch
 
 from studies import shapes
 from studies.common import markdown
@@ -36,6 +37,22 @@ def test_quick_form_trains_two_seeds_and_fills_every_row(quick):
     assert first.arms["stage2"] == [m["stage2"]["summary"]["accuracy"] for m in seeds]
     assert first.paired()[0] == pytest.approx(sum(m["summary"]["stage2_minus_stage1"] for m in seeds) / 2)
     assert "## Claim 5" in markdown(claim)
+    # The teacher does not depend on the training seed: the second seed reuses the first seed's samples.
+    assert seeds[0]["summary"]["teacher_reused_from"] == ""
+    assert seeds[1]["summary"]["teacher_reused_from"] == str(out / "seed_0")
+    assert seeds[1]["teacher_6"]["summary"] == seeds[0]["teacher_6"]["summary"]
+
+
+def test_teacher_samples_of_another_configuration_are_refused(quick):
+    from rtdmd.errors import UserError
+
+    out, _ = quick
+    saved = torch.load(out / "seed_0" / shapes.shapes_demo.TEACHER_FILE, weights_only=True)
+    assert shapes.shapes_demo.load_teacher(out / "seed_0", saved["key"]).samples.keys() == saved["samples"].keys()
+    with pytest.raises(UserError, match="another configuration"):
+        shapes.shapes_demo.load_teacher(out / "seed_0", {**saved["key"], "steps": 50})
+    with pytest.raises(UserError, match="not found"):
+        shapes.shapes_demo.load_teacher(out, saved["key"])
 
 
 def test_seeds_already_run_are_read_back_not_retrained(quick):

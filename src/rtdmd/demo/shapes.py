@@ -23,9 +23,10 @@ import torch
 from rtdmd import registry
 from rtdmd.app.runs import load_run
 from rtdmd.app.watch import RewardHackingWatch
-from rtdmd.app.world_metrics import per_seed, sample_timed, standard_error
+from rtdmd.app.world_metrics import TimedSamples, per_seed, sample_timed, standard_error
 from rtdmd.demo import common as shared
 from rtdmd.demo import shapes_figures as figures
+from rtdmd.errors import UserError
 from rtdmd.rewards.base import RewardSet, WeightedReward
 from rtdmd.train.components import build_components
 from rtdmd.train.parallel import init_distributed
@@ -139,8 +140,38 @@ def claims(teacher: dict, stage2: dict, gains: dict, reward_names: list[str], sp
     return table
 
 
+TEACHER_FILE = "teacher_samples.pt"  # the teacher's held-out samples and batch timings, reusable by another run
+
+
+def teacher_key(config, steps: int, held_out) -> dict:
+    """What the teacher's held-out samples depend on (not the training seed): equal keys, equal samples."""
+    backbone = config.backbone
+    return {"teacher": str(getattr(backbone, "path", "")), "world": repr(config.world), "guidance":
+            getattr(backbone, "teacher_guidance", None), "steps": steps, "eval_samples": config.run.eval_samples,
+            "eval_seed": EVAL_SEED, "prompts": list(held_out.texts), "dtype": config.run.dtype}
+
+
+def save_teacher(out: Path, key: dict, timed) -> None:
+    torch.save({"key": key, "samples": timed.samples, "batch": timed.batch, "seconds": timed.seconds,
+                "cpu_seconds": timed.cpu_seconds}, Path(out) / TEACHER_FILE)
+
+
+def load_teacher(folder: Path, key: dict):
+    """The teacher's samples saved by an earlier demo in ``folder`` (a one-line error if they are of another
+    configuration or missing)."""
+    path = Path(folder) / TEACHER_FILE
+    if not path.is_file():
+        raise UserError(f"{path} not found: reuse the teacher of a finished demo run (its --out folder)")
+    data = torch.load(path, weights_only=True)
+    if data["key"] != key:
+        raise UserError(f"{path} holds the teacher's samples of another configuration: run the teacher anew")
+    return TimedSamples(data["samples"], data["batch"], data["seconds"], data["cpu_seconds"])
+
+
 def demo(out: Path, config_name: str, overrides: list[str], quick: bool, *,
-         teacher_steps: tuple[int, ...] = TEACHER_STEPS) -> dict:
+         teacher_steps: tuple[int, ...] = TEACHER_STEPS, teacher_from: Path | None = None) -> dict:
+    """The demo into ``out``. ``teacher_from``: a finished demo's folder whose teacher samples are reused (they do
+    not depend on the training seed; the studies use it to run many seeds), instead of sampling the teacher."""
     start, load_start = time.perf_counter(), os.getloadavg()[0]
     shared.quiet_image_processor_fallback()
     out = Path(out)
@@ -150,10 +181,10 @@ def demo(out: Path, config_name: str, overrides: list[str], quick: bool, *,
     num, timings, results, timed = config.run.eval_samples, {}, {}, {}
     _, device = init_distributed(config.run.device)
 
-    def evaluate(name, parts, **kwargs):
+    def evaluate(name, parts, reuse=None, **kwargs):
         t0 = time.perf_counter()
-        timed[name] = sample_timed(parts, config, num=num, seed=EVAL_SEED, prompts_per_batch=PROMPTS_PER_BATCH,
-                                   **kwargs)
+        timed[name] = reuse or sample_timed(parts, config, num=num, seed=EVAL_SEED,
+                                            prompts_per_batch=PROMPTS_PER_BATCH, **kwargs)
         results[name] = evaluation(parts, config, timed[name].samples)
         results[name]["auc_vs_oracle"] = reward_auc(parts, timed[name].samples, metadata)
         timings[f"{name}_eval_seconds"] = time.perf_counter() - t0
@@ -166,7 +197,11 @@ def demo(out: Path, config_name: str, overrides: list[str], quick: bool, *,
     held_out = parts.world.prompts("eval")
     metadata = dict(zip(held_out.texts, held_out.metadata))
     for steps in teacher_steps:
-        evaluate(f"teacher_{steps}", parts, role="teacher", teacher_steps=steps)
+        key = teacher_key(config, steps, held_out)
+        reuse = load_teacher(teacher_from, key) if teacher_from is not None and steps == teacher_steps[0] else None
+        evaluate(f"teacher_{steps}", parts, reuse, role="teacher", teacher_steps=steps)
+        if steps == teacher_steps[0]:
+            save_teacher(out, key, timed[f"teacher_{steps}"])
     reference = f"teacher_{teacher_steps[0]}"
     del parts
 
@@ -198,6 +233,7 @@ def demo(out: Path, config_name: str, overrides: list[str], quick: bool, *,
     summary.update(speeds)
     summary.update(timings)
     summary["hacking_warnings"] = len(watch.warnings)
+    summary["teacher_reused_from"] = str(teacher_from or "")
     for name, result in results.items():
         summary.update({f"{name}_{r}_auc_vs_oracle": value for r, value in result["auc_vs_oracle"].items()})
     proxies = [r for r in reward_names if r in results["stage2"]["auc_vs_oracle"]]  # trained rewards but the oracle

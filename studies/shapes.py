@@ -77,12 +77,15 @@ def per_seed(runs: list[dict]) -> dict[str, list[float]]:
         for name in (reference, "stage1", "stage2"):
             add(f"{name}_accuracy", m[name]["summary"]["accuracy"])
             add(f"{name}_diversity", m[name]["summary"]["diversity"])
+            prompts = m[name]["prompts"].values()  # same number of images per prompt: the image-level acceptance
+            add(f"{name}_acceptance", mean([p["accuracy"] for p in prompts]))
             for reward in trained:
                 add(f"{name}_{reward}", m[name]["summary"][reward])
                 add(f"{name}_{reward}_auc", m[name]["auc_vs_oracle"][reward])
         add("diversity_ratio", m["stage2"]["summary"]["diversity"] / m[reference]["summary"]["diversity"])
         add("hacking_warnings", float(m["summary"]["hacking_warnings"]))
         add("demo_claims_hold", float(m["summary"]["claims_hold"]))
+        add("seconds", m["summary"]["total_seconds"])
     values["_reference"], values["_trained"] = [reference], trained
     return values
 
@@ -128,14 +131,22 @@ def rows(values: dict[str, list[float]]) -> list[Row]:
                        ("holds" if min(auc2) >= MIN_AUC else "does not hold")
                        + f": lowest stage-2 seed {min(auc2):.3f} (needs >= {MIN_AUC})"))
         r1, r2 = values[f"stage1_{reward}"], values[f"stage2_{reward}"]
-        rose = [b - a for a, b in zip(r1, r2)]
-        fell = [b - a for a, b in zip(s1, s2)]
-        hacked = mean(rose) > 0 and mean(fell) < 0
+        rose = mean([b - a for a, b in zip(r1, r2)])
+        falls = {name: [b - a for a, b in zip(values[f"stage1_{key}"], values[f"stage2_{key}"])]
+                 for name, key in (("oracle accuracy", "accuracy"), ("oracle acceptance", "acceptance"))}
+        # Hacked: the trained reward rises while the held-out oracle falls by more than two standard errors.
+        hacked = rose > 0 and any(mean(d) + 2 * standard_error(d) < 0 for d in falls.values())
         out.append(Row(f"no hacking: {reward} rises and the held-out oracle does not fall", f"held-out {reward}",
                        {"stage1": r1, "stage2": r2}, ("stage2", "stage1"),
-                       ("does not hold (hacked)" if hacked else "holds")
-                       + f": {reward} {mean(rose):+.3f}, oracle accuracy {mean(fell):+.3f}; watch warnings in "
-                       f"{int(sum(values['hacking_warnings']))} of {n} seeds"))
+                       ("does not hold (hacked)" if hacked else "holds (no significant fall of the oracle)")
+                       + f": {reward} {rose:+.3f}; "
+                       + "; ".join(f"{name} {mean(d):+.3f} ± {standard_error(d):.3f}" for name, d in falls.items())
+                       + f"; watch warnings in {sum(w > 0 for w in values['hacking_warnings'])} of {n} seeds"))
+        out.append(Row("held-out oracle acceptance (fraction of images accepted; what the soft oracle estimates)",
+                       "oracle acceptance", {"teacher": values[f"{ref}_acceptance"],
+                                             "stage1": values["stage1_acceptance"],
+                                             "stage2": values["stage2_acceptance"]}, ("stage2", "stage1"),
+                       "reported beside the claim (the issue decides on the mean of tags)"))
     return out
 
 
@@ -146,8 +157,10 @@ def run(out: Path, quick: bool = False, seeds: tuple[int, ...] | None = None) ->
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = [run_seed(out, seed, quick) for seed in seeds]
+    values = per_seed(runs)
+    seconds = max(time.perf_counter() - start, sum(values["seconds"]))  # the seeds' own time when read back
     claim = Claim(5, "the image claim (shapes world): stage 2 beats the teacher and stage 1 on held-out prompts",
-                  rows(per_seed(runs)), seconds=time.perf_counter() - start,
+                  rows(values), seconds=seconds,
                   command=f"python -m studies.shapes --out {out}" + (" --quick" if quick else ""))
     claim.notes.append(f"Seeds {', '.join(map(str, seeds))}; each seed is one `rtdmd demo --set run.seed=S` "
                        f"(`{CONFIG}`); held-out prompts and evaluation seeds are the same for every model and seed.")

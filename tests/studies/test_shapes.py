@@ -22,6 +22,7 @@ def test_quick_form_trains_two_seeds_and_fills_every_row(quick):
     out, claim = quick
     assert claim.number == 5 and "--quick" in claim.command
     statements = [row.statement for row in claim.rows]
+    assert any(s.startswith("held-out oracle acceptance") for s in statements)
     assert statements[:4] == ["stage 2 above stage 1 on held-out prompts",
                               "stage 2 above the 50-step CFG teacher by 0.10",
                               "stage 2 keeps 80% of the teacher's within-prompt diversity",
@@ -86,3 +87,20 @@ def test_verdicts_follow_the_issue_thresholds():
     # Teacher too close; diversity below 80% in one seed.
     close = shapes.rows(_values(stage1, [0.70] * 5, [0.62] * 5, ratio=(1.0, 1.0, 0.79, 1.0, 1.0)))
     assert close[1].verdict.startswith("does not hold") and close[2].verdict.startswith("does not hold")
+
+
+def test_hacking_is_a_rise_of_the_reward_with_a_significant_fall_of_the_oracle():
+    stage1 = [0.64, 0.65, 0.63, 0.66, 0.64]
+    values = _values(stage1, stage1, [0.52] * 5)
+    values.update({"_trained": ["shapes_soft"], "stage1_shapes_soft": [0.45] * 5,
+                   "stage2_shapes_soft": [0.50, 0.51, 0.49, 0.50, 0.52], "stage1_shapes_soft_auc": [0.99] * 5,
+                   "stage2_shapes_soft_auc": [0.97, 0.96, 0.99, 0.98, 0.97], "teacher_50_acceptance": [0.38] * 5,
+                   "stage1_acceptance": [0.47] * 5, "stage2_acceptance": [0.42, 0.41, 0.43, 0.42, 0.40]})
+    by_statement = {row.statement: row for row in shapes.rows(values)}
+    assert by_statement["shapes_soft stays a faithful proxy of the oracle after training on it"].verdict.startswith(
+        "holds")
+    hacked = by_statement["no hacking: shapes_soft rises and the held-out oracle does not fall"]
+    assert hacked.verdict.startswith("does not hold (hacked)")
+    values["stage2_acceptance"] = [0.50, 0.41, 0.47, 0.52, 0.40]  # a fall within noise
+    noisy = {row.statement: row for row in shapes.rows(values)}
+    assert noisy["no hacking: shapes_soft rises and the held-out oracle does not fall"].verdict.startswith("holds")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ SEEDS = (0, 1, 2, 3, 4)
 QUICK_SEEDS = (0, 1)
 CONFIG = "shapes/default"
 # What the issue asks of claim 5.
-MIN_SEEDS_ABOVE_STAGE1 = 4  # of 5
+MIN_SHARE_ABOVE_STAGE1 = 0.8  # of the seeds: 4 of 5
 MIN_GAIN_OVER_STAGE1 = 0.03
 MIN_GAIN_OVER_TEACHER = 0.10
 MIN_DIVERSITY_RATIO = 0.80
@@ -109,8 +110,7 @@ def rows(values: dict[str, list[float]]) -> list[Row]:
     out = [
         Row("stage 2 above stage 1 on held-out prompts", "oracle accuracy (mean of tags)",
             {"stage1": s1, "stage2": s2}, ("stage2", "stage1"),
-            _gain_verdict([b - a for a, b in zip(s1, s2)], MIN_GAIN_OVER_STAGE1,
-                          MIN_SEEDS_ABOVE_STAGE1 if n >= 5 else max(1, n - 1))),
+            _gain_verdict([b - a for a, b in zip(s1, s2)], MIN_GAIN_OVER_STAGE1, math.ceil(MIN_SHARE_ABOVE_STAGE1 * n))),
         Row("stage 2 above the 50-step CFG teacher by 0.10", "oracle accuracy (mean of tags)",
             {"teacher": teacher, "stage2": s2}, ("stage2", "teacher"),
             _gain_verdict([b - a for a, b in zip(teacher, s2)], MIN_GAIN_OVER_TEACHER, None)),

@@ -33,6 +33,7 @@ KINDS: dict[str, dict[str, tuple[str, str, str]]] = {
         "shapes_clip": ("rtdmd.worlds.shapes.rewards", "ShapesCLIPConfig", "build_clip"),
         "shapes_pref": ("rtdmd.worlds.shapes.rewards", "ShapesPrefConfig", "build_pref"),
         "shapes_oracle": ("rtdmd.worlds.shapes.rewards", "ShapesOracleConfig", "build_oracle"),
+        "shapes_soft": ("rtdmd.worlds.shapes.rewards", "ShapesSoftConfig", "build_soft"),
     },
 }
 

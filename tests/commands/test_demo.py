@@ -57,3 +57,62 @@ def demo(out, config_name, overrides, quick):
     """A stand-in demo that records its arguments (the CLI's dispatch is what is tested here)."""
     RECORDED.append((out, config_name, overrides, quick))
     return {"recorded": True}
+
+
+def test_the_command_prints_a_claims_table_not_the_summary(monkeypatch, tmp_path, capsys):
+    from rtdmd.commands import demo as demo_command
+    from rtdmd.demo.common import write_metrics
+
+    claims = {"stage2_beats_teacher_by_0.10": {"value": 0.134, "se": 0.021, "threshold": 0.1, "holds": True},
+              "no_reward_hacking_warning": {"value": 1.0, "se": None, "threshold": 0.0, "holds": False,
+                                            "at_most": True}}
+
+    def fake_demo(out, config_name, overrides, quick):
+        out.mkdir(parents=True)
+        write_metrics(out, {"summary": {"a": 1.0}, "claims": claims})
+        return {f"number_{i}": float(i) for i in range(60)}
+
+    monkeypatch.setattr(demo_command, "demo_for", lambda kind: fake_demo)
+    assert main(["demo", "--out", str(tmp_path / "d")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 5 and not any("number_" in line for line in printed)
+    assert printed[1].split() == ["stage2_beats_teacher_by_0.10", "0.134", "±", "0.021", ">=", "0.1", "yes"]
+    assert printed[2].split() == ["no_reward_hacking_warning", "1.000", "<=", "0", "NO"]
+    assert printed[3] == "1 of 2 claims hold"
+
+
+def test_a_demo_without_claims_prints_its_summary_one_number_a_line(tmp_path):
+    from rtdmd.commands.demo import final_table
+
+    assert final_table(tmp_path, {"stage1_ed_teacher": 0.123456, "steps": 3}).splitlines() == [
+        "stage1_ed_teacher  0.1235", "steps              3"]
+
+
+def test_the_torchvision_fallback_notice_is_filtered_and_nothing_else():
+    """transformers logs "`XImageProcessor` requires torchvision (not installed); falling back to
+    `XImageProcessorPil` ..." when diffusers' SD3 module is imported without torchvision; the demo drops exactly
+    that notice on the logger that emits it."""
+    import inspect
+    import logging
+
+    from transformers.utils import import_utils
+
+    from rtdmd.demo.common import TRANSFORMERS_IMPORT_LOGGER, quiet_image_processor_fallback
+
+    assert import_utils.logger.name == TRANSFORMERS_IMPORT_LOGGER  # the logger the notice comes from
+    assert "requires torchvision (not installed); falling back to `{pil_name}`" in inspect.getsource(import_utils)
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger(TRANSFORMERS_IMPORT_LOGGER)
+    logger.addHandler(handler)
+    try:
+        quiet_image_processor_fallback()
+        quiet_image_processor_fallback()  # idempotent
+        logger.warning("`SiglipImageProcessor` requires torchvision (not installed); falling back to "
+                       "`SiglipImageProcessorPil` for backward compatibility. Install torchvision to use the default "
+                       "backend, or import `SiglipImageProcessorPil` directly to silence this warning.")
+        logger.warning("`CLIPImageProcessor` requires a newer torchvision")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["`CLIPImageProcessor` requires a newer torchvision"]

@@ -68,10 +68,17 @@ def test_metrics_hold_sane_numbers(shapes_demo):
     assert summary["stage2_minus_stage1_se"] >= 0
     claims = metrics["claims"]
     trained = {r["name"] for r in yaml.safe_load((out / "stage2" / "config.yaml").read_text())["rewards"]}
+    proxies = trained - {"shapes_oracle"}
     assert {"stage1_within_0.05_of_teacher", "stage2_beats_teacher_by_0.10", "stage2_diversity_vs_teacher",
-            "stage2_held_out_not_below_stage1", "speedup_4_steps_vs_50_cfg",
-            *(f"stage2_beats_teacher_on_{name}" for name in trained)} == set(claims)
-    assert all(c["holds"] == (c["value"] >= c["threshold"]) for c in claims.values())
+            "stage2_held_out_not_below_stage1", "speedup_4_steps_vs_50_cfg", "no_reward_hacking_warning",
+            *(f"stage2_beats_teacher_on_{name}" for name in trained),
+            *(f"stage2_{name}_auc_vs_oracle" for name in proxies)} == set(claims)
+    assert all(c["holds"] == ((c["value"] <= c["threshold"]) if c.get("at_most") else (c["value"] >= c["threshold"]))
+               for c in claims.values() if c["value"] is not None and c["value"] == c["value"])
+    assert claims["stage2_diversity_vs_teacher"]["threshold"] == 0.80
+    assert claims["no_reward_hacking_warning"]["value"] == summary["hacking_warnings"]
+    for name in proxies:  # the trained proxy's AUC against the oracle, on stage 2's own held-out samples
+        assert claims[f"stage2_{name}_auc_vs_oracle"]["value"] == metrics["stage2"]["auc_vs_oracle"][name]
     gain = claims["stage2_beats_teacher_by_0.10"]
     assert (gain["value"], gain["se"]) == pytest.approx((summary["stage2_minus_teacher"],
                                                          summary["stage2_minus_teacher_se"]))

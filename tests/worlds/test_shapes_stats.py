@@ -34,3 +34,14 @@ def test_diversity_by_hand():
     assert stats.within_prompt_diversity(images, ["p", "p", "p", "q"]) == pytest.approx((0.3 + 0.5 + 0.2) / 3)
     assert np.isnan(stats.within_prompt_diversity(images[:2], ["p", "q"]))
     assert stats.within_prompt_diversity(np.stack([a, a]), ["p", "p"]) == 0.0
+
+
+def test_auc_against_counting_every_pair():
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.normal(size=60), 1)  # rounded: ties
+    labels = rng.random(60) < 0.4
+    pos, neg = scores[labels], scores[~labels]
+    pairs = [(1.0 if p > n else 0.5 if p == n else 0.0) for p in pos for n in neg]
+    assert stats.auc(scores, labels) == pytest.approx(np.mean(pairs))
+    assert stats.auc([0.1, 0.9], [False, True]) == 1.0 and stats.auc([0.9, 0.1], [False, True]) == 0.0
+    assert np.isnan(stats.auc([0.1, 0.2], [True, True]))

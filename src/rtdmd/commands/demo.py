@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rtdmd.config import load_config
 from rtdmd.demo import DEMOS, demo_for
+from rtdmd.demo.common import claims_table, quiet_image_processor_fallback
 from rtdmd.errors import UserError
 
 WORLDS = ("shapes", "gmm")
@@ -25,12 +26,25 @@ def demo_command(args) -> int:
     if kind not in DEMOS:
         raise UserError(f"config {name} is a {kind!r} world, which has no demo: use --world "
                         f"{' or --world '.join(WORLDS)}")
+    quiet_image_processor_fallback()
     demo = demo_for(kind)
     out = Path(args.out)
     summary = demo(out, name, args.overrides, args.quick)
-    print(json.dumps(summary, indent=1, default=str))
-    print(f"rtdmd: report in {out / 'report.html'} (figures and metrics.json beside it)")
+    print(final_table(out, summary))
+    print(f"rtdmd: report in {out / 'report.html'} (figures and every number in metrics.json beside it)")
     return 0
+
+
+def final_table(out: Path, summary: dict) -> str:
+    """What the demo prints at the end: its claims as a table when it checks claims (``metrics.json``), else its
+    summary one number a line."""
+    metrics = out / "metrics.json"
+    claims = json.loads(metrics.read_text()).get("claims") if metrics.is_file() else None
+    if claims:
+        return claims_table(claims)
+    width = max((len(k) for k in summary), default=0)
+    return "\n".join(f"{k.ljust(width)}  {v:.4g}" if isinstance(v, float) else f"{k.ljust(width)}  {v}"
+                     for k, v in summary.items())
 
 
 def add_parser(sub) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
+import logging
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,6 +22,43 @@ from rtdmd.config import Config, load_config
 from rtdmd.errors import UserError
 from rtdmd.train import align, distill
 from rtdmd.train.signals import raise_if_stopped
+
+
+# transformers 5 names the torchvision image processors `XImageProcessor`; diffusers' SD3 module imports two of them
+# (for IP-adapters, which the demo never builds), and without torchvision transformers substitutes the PIL class
+# with this notice. The demo filters exactly this notice on the logger that emits it; any other message passes.
+FALLBACK_NOTICE = re.compile(r"`\w+ImageProcessor` requires torchvision \(not installed\); falling back to "
+                             r"`\w+ImageProcessorPil`")
+TRANSFORMERS_IMPORT_LOGGER = "transformers.utils.import_utils"
+
+
+class _DropFallbackNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not FALLBACK_NOTICE.match(record.getMessage())
+
+
+def quiet_image_processor_fallback() -> None:
+    """Drop transformers' "requires torchvision; falling back to ...Pil" notice (idempotent)."""
+    logger = logging.getLogger(TRANSFORMERS_IMPORT_LOGGER)
+    if not any(isinstance(f, _DropFallbackNotice) for f in logger.filters):
+        logger.addFilter(_DropFallbackNotice())
+
+
+def claims_table(claims: dict) -> str:
+    """The claims as a short plain-text table: name, value (± standard error), threshold, whether it holds; and
+    a last line counting the claims that hold."""
+    rows = [("claim", "value", "holds when", "holds")]
+    for name, c in claims.items():
+        value = "–" if c["value"] is None else f"{c['value']:.3f}"
+        if c.get("se") is not None and math.isfinite(c["se"]):
+            value += f" ± {c['se']:.3f}"
+        bound = f"{'<=' if c.get('at_most') else '>='} {c['threshold']:g}"
+        rows.append((name, value, bound, "yes" if c["holds"] else "NO"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    held = sum(c["holds"] for c in claims.values())
+    lines.append(f"{held} of {len(claims)} claims hold")
+    return "\n".join(lines)
 
 
 def demo_config(config_name: str, overrides: Sequence[str], quick_overrides: Sequence[str], quick: bool) -> Config:

@@ -25,6 +25,7 @@ from rtdmd.train.logging import read_metrics  # noqa: E402
 from rtdmd.worlds.shapes import oracle  # noqa: E402
 from rtdmd.worlds.shapes.prompts import TAGS  # noqa: E402
 
+DIVERSITY_RATIO = 0.80  # the diversity claim: stage 2 keeps at least this fraction of the teacher's (issue 13)
 COLUMNS = {"stage1": "stage 1 (4 steps)", "stage2": "stage 2 (4 steps)"}
 ACCEPT, REJECT = (0.1, 0.7, 0.2), (0.85, 0.1, 0.1)
 
@@ -145,7 +146,8 @@ def watch_plot(watch: dict, reference: dict, stage1: dict, out: Path, monitors: 
         if title.startswith("held-out oracle"):
             ax.axhline(stage1["accuracy"], color="C1", ls=":", lw=1, label="stage 1")
         if title.startswith("within-prompt"):
-            ax.axhline(0.7 * reference["diversity"], color="C3", ls=":", lw=1, label="70% of teacher")
+            ax.axhline(DIVERSITY_RATIO * reference["diversity"], color="C3", ls=":", lw=1,
+                       label=f"{DIVERSITY_RATIO:.0%} of teacher")
         for warning in watch["warnings"]:
             ax.axvline(warning["step"], color="red", alpha=0.5)
         ax.set_title(title, fontsize=9)
@@ -199,7 +201,8 @@ def write_report(out: Path, config, results: dict, samples: dict, metadata: dict
                   for k in [*rewards, "reward", "diversity", "mean_intensity", "saturation", "color_entropy"]]
     other_rows += [[f"{k} (monitored, not trained on)", *[results[n]["summary"].get(k) for n in names]]
                    for k in monitors]
-    claim_rows = [[k, c["value"], c.get("se"), c["threshold"], c["holds"]] for k, c in claims.items()]
+    claim_rows = [[k, c["value"], c.get("se"), f"{'<=' if c.get('at_most') else '>='} {c['threshold']:g}", c["holds"]]
+                  for k, c in claims.items()]
     timing_rows = [[k, v] for k, v in summary.items() if k.endswith("_seconds") or k.startswith(("load_", "speedup"))]
     warnings = "".join(f"<p class='warn'>{shared.fmt(w['message'])}</p>" for w in watch["warnings"]) or \
         shared.paragraph("No warning: the training rewards never rose while the held-out accuracy fell.")
@@ -209,9 +212,10 @@ def write_report(out: Path, config, results: dict, samples: dict, metadata: dict
         ("Claims", shared.paragraph(
             f"Held-out prompts: {summary['held_out_prompts']}, {n} seeds each (the same seeds for every model); "
             f"± is one standard error over seeds (of the paired difference, for accuracy differences). Reference: "
-            f"{label(reference)}. A claim holds when its value reaches the threshold; the stage-1 claim is "
-            f"checked one-sided (not more than 0.05 below the teacher).")
-         + shared.table(["claim", "value", "± s.e.", "threshold", "holds"], claim_rows)),
+            f"{label(reference)}. The stage-1 claim is checked one-sided (not more than 0.05 below the teacher); "
+            f"the AUC claims measure how well each trained proxy reward still ranks the oracle's verdicts on stage "
+            f"2's samples (a hacked reward would not).")
+         + shared.table(["claim", "value", "± s.e.", "holds when", "holds"], claim_rows)),
         ("Oracle accuracy per tag (held-out prompts)", shared.table(["tag", *map(label, names)], tag_rows)
          + shared.figure(figs["tags"])),
         ("Training rewards, image statistics and diversity (held-out prompts)",

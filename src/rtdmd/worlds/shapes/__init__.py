@@ -3,8 +3,9 @@
 Images are 32x32 RGB drawings of coloured circles, squares and triangles on a 3x3 grid (:mod:`.render`),
 described by GenEval-style compositional prompts (:mod:`.prompts`) and checked from the pixels by an oracle
 (:mod:`.oracle`). The world ships a pixel-space SD3 teacher as a stock diffusers folder (:mod:`.teacher`) and
-three rewards (:mod:`.rewards`): ``shapes_clip`` and ``shapes_pref`` (learned, differentiable) and
-``shapes_oracle`` (held-out signal). ``scripts/train_world.py`` rebuilds every shipped weight.
+four rewards (:mod:`.rewards`): ``shapes_clip`` and ``shapes_pref`` (learned, differentiable), ``shapes_soft`` (the
+soft oracle, :mod:`.soft_oracle`: differentiable, from the world's geometry) and ``shapes_oracle`` (the held-out
+signal). ``scripts/train_world.py`` rebuilds every shipped weight.
 
 The world's contract with trainers and the demo:
 

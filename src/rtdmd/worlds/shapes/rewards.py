@@ -5,6 +5,8 @@ in [0, 1], prompts, metadata -> ``(B,)`` float32).
 - ``shapes_pref``: logit of a small model trained to predict the oracle's verdict (the PickScore analogue).
 - ``shapes_oracle``: the oracle itself, 1.0 if the image satisfies its prompt's metadata else 0.0; not
   differentiable (the GenEval analogue, the held-out signal).
+- ``shapes_soft``: the soft oracle (:mod:`.soft_oracle`), the probability that the image satisfies its prompt,
+  computed from the world's geometry with every hard decision of the oracle made soft; differentiable, no weights.
 
 The learned ones are read from safetensors (shipped in ``assets/shapes/rewards/``, rebuilt by
 ``scripts/train_world.py``).
@@ -12,6 +14,7 @@ The learned ones are read from safetensors (shipped in ``assets/shapes/rewards/`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,8 +24,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from rtdmd.config.strict import check
 from rtdmd.errors import UserError
-from rtdmd.worlds.shapes import ASSETS, nets, oracle
+from rtdmd.worlds.shapes import ASSETS, nets, oracle, soft_oracle
 from rtdmd.worlds.shapes.render import IMAGE_SIZE
 
 
@@ -41,6 +45,22 @@ class ShapesPrefConfig:
 @dataclass(frozen=True)
 class ShapesOracleConfig:
     kind: Literal["shapes_oracle"] = "shapes_oracle"
+
+
+@dataclass(frozen=True)
+class ShapesSoftConfig:
+    kind: Literal["shapes_soft"] = "shapes_soft"
+    output: Literal["probability", "log"] = "probability"  # log: log(p + floor), steeper where p is small
+    floor: float = 1e-3
+    color_temperature: float = soft_oracle.Temperatures.color
+    threshold_temperature: float = soft_oracle.Temperatures.threshold
+    shape_temperature: float = soft_oracle.Temperatures.shape
+
+    def __post_init__(self):
+        check(self.floor > 0, f"floor must be positive, got {self.floor}")
+        for name in ("color", "threshold", "shape"):
+            value = getattr(self, f"{name}_temperature")
+            check(value > 0, f"{name}_temperature must be positive, got {value}")
 
 
 def _check_images(images: Tensor) -> None:
@@ -79,14 +99,40 @@ class OracleReward:
     def __call__(self, images: Tensor, prompts: Sequence[str],
                  metadata: Sequence[Mapping[str, Any]] | None = None) -> Tensor:
         _check_images(images)
-        if metadata is None or len(metadata) != len(images) or not all("include" in m for m in metadata):
-            raise UserError("the shapes_oracle reward needs GenEval metadata (tag, include) for every prompt: "
-                            "use the shapes world's prompt files")
+        _check_metadata("shapes_oracle", images, metadata)
         verdicts = oracle.score(images.detach().float().cpu().numpy(), metadata)
         return torch.as_tensor(verdicts, dtype=torch.float32, device=images.device)
 
     def info(self) -> dict[str, Any]:
         return {"kind": "shapes_oracle", "definition": "the shapes world's pixel oracle (no weights)"}
+
+
+def _check_metadata(kind: str, images: Tensor, metadata) -> None:
+    if metadata is None or len(metadata) != len(images) or not all("include" in m for m in metadata):
+        raise UserError(f"the {kind} reward needs GenEval metadata (tag, include) for every prompt: "
+                        "use the shapes world's prompt files")
+
+
+class SoftOracleReward:
+    """The soft oracle as a reward: gradients flow to the images."""
+
+    differentiable = True
+
+    def __init__(self, cfg: ShapesSoftConfig):
+        self.cfg = cfg
+        self.temperatures = soft_oracle.Temperatures(cfg.color_temperature, cfg.threshold_temperature,
+                                                     cfg.shape_temperature)
+
+    def __call__(self, images: Tensor, prompts: Sequence[str],
+                 metadata: Sequence[Mapping[str, Any]] | None = None) -> Tensor:
+        _check_images(images)
+        _check_metadata("shapes_soft", images, metadata)
+        p = soft_oracle.soft_score(images, metadata, self.temperatures)
+        return torch.log(p + self.cfg.floor) if self.cfg.output == "log" else p
+
+    def info(self) -> dict[str, Any]:
+        return {"kind": "shapes_soft", "definition": "the shapes world's soft oracle (no weights)",
+                "output": self.cfg.output, "temperatures": dataclasses.asdict(self.temperatures)}
 
 
 def _weights_file(weights: str, default: str) -> Path:
@@ -112,3 +158,7 @@ def build_pref(cfg: ShapesPrefConfig, *, world=None, device="cpu") -> LearnedRew
 
 def build_oracle(cfg: ShapesOracleConfig, *, world=None, device="cpu") -> OracleReward:
     return OracleReward()
+
+
+def build_soft(cfg: ShapesSoftConfig, *, world=None, device="cpu") -> SoftOracleReward:
+    return SoftOracleReward(cfg)

@@ -54,3 +54,19 @@ def within_prompt_diversity(images: np.ndarray, prompts: Sequence[str]) -> float
         iu = np.triu_indices(len(rows), 1)
         per_prompt.append(np.sqrt(sq[iu]).mean())
     return float(np.mean(per_prompt)) if per_prompt else float("nan")
+
+
+def auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """Area under the ROC curve of ``scores`` for binary ``labels``: the probability that a positive scores above
+    a negative, ties counting one half (Mann-Whitney). NaN without both classes."""
+    s, y = np.asarray(scores, np.float64), np.asarray(labels, bool)
+    if y.all() or not y.any():
+        return float("nan")
+    ranks = np.empty(len(s))
+    order = np.argsort(s, kind="mergesort")
+    ranks[order] = np.arange(1, len(s) + 1)
+    for value in np.unique(s):  # average ranks over ties
+        tied = s == value
+        ranks[tied] = ranks[tied].mean()
+    n_pos, n_neg = y.sum(), (~y).sum()
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -41,11 +41,12 @@ def main(argv: list[str] | None = None) -> list[Claim]:
     numbers = [int(n) for n in args.only.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     record = args.out / "claims.json"
-    done = json.loads(record.read_text()) if record.exists() else {}
-    claims = []
+    claims, done = [], {}
     for number in numbers:
         claim = importlib.import_module(MODULES[number]).run(args.out, args.quick)
         claims.append(claim)
+        # read back just before writing: another study process may have recorded its claims meanwhile
+        done = json.loads(record.read_text()) if record.exists() else {}
         done[str(number)] = dataclasses.asdict(claim)
         record.write_text(json.dumps(done, indent=1))
         print(markdown(claim), flush=True)

@@ -105,6 +105,8 @@ def test_the_torchvision_fallback_notice_is_filtered_and_nothing_else():
     handler = logging.Handler()
     handler.emit = lambda record: seen.append(record.getMessage())
     logger = logging.getLogger(TRANSFORMERS_IMPORT_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # another test may have quietened transformers (rtdmd plan does)
     logger.addHandler(handler)
     try:
         quiet_image_processor_fallback()
@@ -115,4 +117,5 @@ def test_the_torchvision_fallback_notice_is_filtered_and_nothing_else():
         logger.warning("`CLIPImageProcessor` requires a newer torchvision")
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
     assert seen == ["`CLIPImageProcessor` requires a newer torchvision"]

@@ -9,10 +9,9 @@ teacher's. For the paper preset also the beta whose p~ has its mean reward (the 
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
-
-import math
 
 import torch
 

@@ -171,10 +171,10 @@ def test_load_weights_reads_both_formats_and_refuses_pickled_code(tmp_path):
     import pickle
 
     import torch
-    from rtdmd.rewards.loading import load_weights
     from safetensors.torch import save_file
 
     from rtdmd.errors import UserError
+    from rtdmd.rewards.loading import load_weights
 
     weights = {"w": torch.arange(6.0).reshape(2, 3)}
     save_file(weights, tmp_path / "a.safetensors")

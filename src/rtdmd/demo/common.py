@@ -23,7 +23,6 @@ from rtdmd.errors import UserError
 from rtdmd.train import align, distill
 from rtdmd.train.signals import raise_if_stopped
 
-
 # transformers 5 names the torchvision image processors `XImageProcessor`; diffusers' SD3 module imports two of them
 # (for IP-adapters, which the demo never builds), and without torchvision transformers substitutes the PIL class
 # with this notice. The demo filters exactly this notice on the logger that emits it; any other message passes.

@@ -140,7 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     quiet()
     log = lambda text: print(f"recipe_plans: {text}", flush=True)
-    plans = {name: plan_recipe(name, log) for name in args.recipes.split(",")}
+    partial = (args.json or args.out.with_suffix(".json")) if args.out else None
+    plans = json.loads(partial.read_text()).get("plans", {}) if partial and partial.exists() else {}
+    for name in args.recipes.split(","):  # each recipe's figures are kept as soon as planned (a long run resumes)
+        if name not in plans:
+            plans[name] = plan_recipe(name, log)
+            if partial:
+                partial.write_text(json.dumps({"plans": plans}, indent=1, default=str))
     goal_plans = goals(log)
     text = render(plans, goal_plans)
     print(text)

@@ -22,6 +22,9 @@ def test_the_analytic_claims_run_end_to_end(tmp_path):
             if row.decision is not None:
                 diff, se = row.paired()
                 assert diff == diff and se == se  # finite numbers, not NaN
+                first, second = (row.arms[arm] for arm in row.decision)
+                if claim.number in (1, 2):  # arms of different configurations: an override that does nothing shows
+                    assert first != second, row.statement
     page = (tmp_path / "claims.md").read_text()
     assert all(f"## Claim {n}:" in page for n in (1, 2, 3, 4)) and "Verdict:" in page
     assert set(json.loads((tmp_path / "claims.json").read_text())) == {"1", "2", "3", "4"}

@@ -115,7 +115,10 @@ def render(plans: dict, goal_plans: dict) -> str:
     for key, label in (("sd35m_distill_1", "SD3.5-M stage 1 on one 80 GB GPU (72 samples)"),
                        ("sd35m_align_1", "SD3.5-M stage 2 on one 80 GB GPU (72 samples per round, micro-batches of 9)"),
                        ("flux1_dev_align_8", "FLUX.1-dev stage 2 on 8 GPUs (12 per GPU, micro-batches of 3)")):
-        plan = goal_plans[key]
+        plan = goal_plans.get(key)
+        if plan is None:  # --no-goals, or a partial run
+            goal_rows.append([label, "not planned", "-", ""])
+            continue
         met = plan.needed <= memory * 0.95
         big = max(((v, k) for k, v in plan.terms.items() if k in REMEDIES), default=(0, ""))
         goal_rows.append([label, f"{gib(plan.needed)} GiB", "met" if met else "NOT met",
@@ -134,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="markdown file for the tables")
     parser.add_argument("--json", type=Path, default=None, help="raw figures (default: next to --out)")
     parser.add_argument("--recipes", default=",".join(PUBLISHED_GPUS), help="comma-separated recipe names")
+    parser.add_argument("--no-goals", action="store_true", help="skip the goal plans (tables from the recipes only)")
     args = parser.parse_args(argv)
     import torch
 
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             plans[name] = plan_recipe(name, log)
             if partial:
                 partial.write_text(json.dumps({"plans": plans}, indent=1, default=str))
-    goal_plans = goals(log)
+    goal_plans = goals(log) if not args.no_goals else {}
     text = render(plans, goal_plans)
     print(text)
     if args.out:

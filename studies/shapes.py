@@ -161,7 +161,7 @@ def run(out: Path, quick: bool = False, seeds: tuple[int, ...] | None = None) ->
     seconds = max(time.perf_counter() - start, sum(values["seconds"]))  # the seeds' own time when read back
     claim = Claim(5, "the image claim (shapes world): stage 2 beats the teacher and stage 1 on held-out prompts",
                   rows(values), seconds=seconds,
-                  command=f"python -m studies.shapes --out {out}" + (" --quick" if quick else ""))
+                  command="python -m studies.claims --only 5" + (" --quick" if quick else ""))
     claim.notes.append(f"Seeds {', '.join(map(str, seeds))}; each seed is one `rtdmd demo --set run.seed=S` "
                        f"(`{CONFIG}`); held-out prompts and evaluation seeds are the same for every model and seed.")
     return claim

@@ -23,7 +23,9 @@ def test_the_analytic_claims_run_end_to_end(tmp_path):
                 diff, se = row.paired()
                 assert diff == diff and se == se  # finite numbers, not NaN
                 first, second = (row.arms[arm] for arm in row.decision)
-                if claim.number in (1, 2):  # arms of different configurations: an override that does nothing shows
+                # arms of different configurations give different continuous measurements: an override that does
+                # nothing shows (component weights are sample fractions and may tie after a few iterations)
+                if claim.number == 2 or "tracking" in row.metric:
                     assert first != second, row.statement
     page = (tmp_path / "claims.md").read_text()
     assert all(f"## Claim {n}:" in page for n in (1, 2, 3, 4)) and "Verdict:" in page

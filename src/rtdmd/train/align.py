@@ -76,10 +76,10 @@ def run(config: Config, run_dir: str | Path, from_dir: str | Path, *, resume: bo
         order = torch.randperm(len(prompts), generator=streams.generator("groups", it)).tolist()
         index = [r * per_round + j for j in rows]
         prompt_of = [order[(j // cfg.group_size) % len(order)] for j in index]
-        cond = backbone.encode([prompts.texts[p] for p in prompt_of])  # rows of the session's one encode
+        texts, meta = [prompts.texts[p] for p in prompt_of], [prompts.metadata[p] for p in prompt_of]
+        cond = backbone.encode(texts)  # rows of the session's one encode
         draw = Draw(streams, it, index, tuple(backbone.sample_shape), session.device)
         traj = group_rollout(generator, cond, draw, cfg.group_size, sigmas, cfg.eta, trained)
-        texts, meta = [prompts.texts[p] for p in prompt_of], [prompts.metadata[p] for p in prompt_of]
         return Round(cond, texts, meta, draw, traj, rewards.score(backbone.decode(traj.final), texts, meta))
 
     def update(it: int, rounds: list[Round], scores: dict[str, Tensor], trained: list[int]) -> dict:
